@@ -1,0 +1,1 @@
+"""rulegym.train: loops that plug agents into envs, the CLI, runs and reports."""
