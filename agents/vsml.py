@@ -187,12 +187,14 @@ class VSML(Agent):
             a, b = self.sizes[k], self.sizes[k + 1]
             if self.conv and k == 0:
                 b = self.conv_channels
-            c = torch.zeros(batch_size, n, a, b, dtype=p.dtype)
+            # [L, N, outputs, inputs] (the conv layer: [L, N, channels, patch elements])
+            shape = (self.conv_channels, a) if (self.conv and k == 0) else (b, a)
+            c = torch.zeros(batch_size, n, *shape, dtype=p.dtype)
             if self.n_init:
-                init = torch.empty(batch_size, self.n_init, a, b, dtype=p.dtype)
+                init = torch.empty(batch_size, self.n_init, *shape, dtype=p.dtype)
                 nn.init.trunc_normal_(init, 0.0, 1.0, -2.0, 2.0, generator=generator)
                 c[:, : self.n_init] = init / math.sqrt(a)
-            state[f"h{k}"] = torch.zeros(batch_size, n, a, b, dtype=p.dtype, device=p.device)
+            state[f"h{k}"] = torch.zeros(batch_size, n, *shape, dtype=p.dtype, device=p.device)
             state[f"c{k}"] = c.to(p.device)
             if self.backward_pass:
                 shape = (batch_size, a, self.positions, self.msg_size) if (self.conv and k == 0) else (batch_size, a, self.msg_size)
@@ -213,13 +215,14 @@ class VSML(Agent):
         return self.norm(msg) if self.norm is not None else msg
 
     def _forward_msg(self, k: int, h: Tensor) -> Tensor:
-        """Forward message of layer k: mean over inputs. For the conv layer h holds the
-        per-position outputs [L, N, patch, channels, positions], sent per (channel, position)."""
-        mean = h.mean(dim=2)
-        return self._send(self._msg(k).fwd, mean.flatten(2))
+        """Forward message of layer k: the mean over its inputs. A dense layer's h is
+        [L, N, outputs, inputs]; the conv layer's per-position outputs [L, N, channels, patch,
+        positions] are sent per (channel, position)."""
+        return self._send(self._msg(k).fwd, h.mean(dim=3).flatten(2))
 
     def _backward_msg(self, k: int, h: Tensor) -> Tensor:
-        return self._send(self._msg(k).bwd, h.mean(dim=3))
+        """Backward message of dense layer k (k > 0): the mean over its outputs, per input."""
+        return self._send(self._msg(k).bwd, h.mean(dim=2))
 
     def _patches(self, x: Tensor) -> Tensor:
         """Input messages of the conv layer: each kernel weight's input at each position, [L, patch, P, M]."""

@@ -44,11 +44,15 @@ def test_theorem1_simple_rnn_form_equals_a_standard_rnn(a):
     assert all(torch.isclose(values, v).any() for v in nonzero.unique())
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 5, 3), (2, 16, 700, 10), (1, 8, 2100, 5)])
+@pytest.mark.parametrize("shape", [(3, 4, 3, 5), (2, 16, 10, 700), (1, 8, 5, 2100), (1, 4, 9, 1000)])
 @pytest.mark.parametrize("clip", [None, 0.5])
-def test_fast_tick_equals_reference(shape, clip):
+@pytest.mark.parametrize("save_gates", [True, False])
+def test_fast_tick_equals_reference(shape, clip, save_gates, monkeypatch):
     """The chunked in-place path and the autograd Function compute the reference tick."""
-    L, n, a, b = shape
+    import rulegym.agents.vsml_kernels as kernels
+
+    monkeypatch.setattr(kernels, "SAVE_GATES_BYTES", 1 << 40 if save_gates else 0)
+    L, n, b, a = shape  # state [lifetimes, N, outputs, inputs]
     g = torch.Generator().manual_seed(1)
     h, c = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     u = torch.randn(4 * n, n, generator=g) * 0.5
@@ -144,7 +148,7 @@ def test_initial_state_and_biases():
     assert torch.all(cell.bias[:n] == -5.0) and torch.all(cell.bias[n : 2 * n] == 5.0)
     state = agent.initial_state(4, torch.Generator().manual_seed(0))
     c = state["c0"]
-    assert c.shape == (4, 16, 784, 10) and torch.all(state["h0"] == 0)
+    assert c.shape == (4, 16, 10, 784) and torch.all(state["h0"] == 0)
     assert torch.all(c[:, 8:] == 0)  # half of the cell state starts at zero
     drawn = c[:, :8] * math.sqrt(784)  # the rest: truncated normal scaled by 1/sqrt(fan-in)
     assert drawn.abs().max() <= 2.0 and 0.8 < drawn.std() < 0.9  # std of N(0,1) truncated at +-2: 0.88
@@ -167,7 +171,7 @@ def test_prediction_is_bounded_first_component_of_the_last_forward_message():
     logits, new = agent.step(obs, state)
     h = new["h0"]
     proj = agent.messages[0].fwd
-    msg0 = proj.weight[0] @ h.mean(dim=2)[0] + proj.bias[0]  # [B]
+    msg0 = proj.weight[0] @ h.mean(dim=3)[0] + proj.bias[0]  # [B]
     torch.testing.assert_close(logits[0], 100 * torch.tanh(msg0 / 100))
 
 
@@ -218,7 +222,7 @@ def test_conv_layer_with_one_position_is_a_dense_layer():
     dense = VSML(9, 3, hidden=(8,), state_size=4, msg_size=3)
     dense.load_state_dict(conv.state_dict())
     state = conv.initial_state(2, torch.Generator().manual_seed(0))
-    assert state["h0"].shape == (2, 4, 9, 8) and state["h1"].shape == (2, 4, 8, 3)
+    assert state["h0"].shape == (2, 4, 8, 9) and state["h1"].shape == (2, 4, 3, 8)
     s_conv, s_dense = dict(state), dict(state)
     for t in range(3):
         obs = obs_batch(2, 9, 3, seed=t)
@@ -232,7 +236,7 @@ def test_conv_layer_averages_per_position_updates():
 
     L, n, k, o, p = 2, 3, 4, 2, 5
     g = torch.Generator().manual_seed(0)
-    h, c = torch.randn(L, n, k, o, generator=g), torch.randn(L, n, k, o, generator=g)
+    h, c = torch.randn(L, n, o, k, generator=g), torch.randn(L, n, o, k, generator=g)
     u = torch.randn(4 * n, n, generator=g)
     ga, gb = torch.randn(L, 4 * n, k, p, generator=g), torch.randn(L, 4 * n, o, p, generator=g)
     h_new, c_new, h_pos = conv_lstm_tick(h, c, u, ga, gb, None)

@@ -1,7 +1,8 @@
 """The ``rulegym`` command line: one entry point, subcommands a user guesses.
 
-    rulegym list            the registered envs (and agents)
+    rulegym list            registered envs, agents and pretrained rules
     rulegym compare         agents x tasks x seeds, online accuracy table (embedded default)
+    rulegym report          tables and figures from run folders
 """
 
 from __future__ import annotations
@@ -34,45 +35,41 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_assignments(items: Sequence[str], what: str) -> dict[str, dict[str, Any]]:
-    """``NAME.option=value`` pairs -> {NAME: {option: value}}; values are parsed as JSON if they can be."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        owner, dot, option = name.rpartition(".")
-        if not sep or not dot or not owner or not option:
-            raise SystemExit(f"rulegym: bad {what} {item!r}; write NAME.option=value, e.g. sgd.lr=0.05.")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.setdefault(owner, {})[option] = parsed
-    return out
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rulegym.train.compare import CompareConfig, run_compare
+    from rulegym.train.compare import CompareConfigError, load_compare_config, run_compare
+    from rulegym.train.results import markdown_table
 
-    cfg = CompareConfig()
-    if args.quick:
-        cfg.seeds, cfg.lifetimes, cfg.steps = [0, 1], 8, 200
-    for name in ("agents", "envs", "seeds", "lifetimes", "steps"):
+    overrides = list(args.set)
+    for name in ("agents", "envs", "seeds"):
         value = getattr(args, name)
         if value is not None:
-            setattr(cfg, name, value)
-    cfg.agent_options = parse_assignments(args.agent_opt, "--agent-opt")
-    cfg.env_options = parse_assignments(args.env_opt, "--env-opt")
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
+            overrides.append(f"{name}={json.dumps(value)}")
+    for name in ("lifetimes", "steps"):
+        if getattr(args, name) is not None:
+            overrides.append(f"{name}={getattr(args, name)}")
     try:
+        cfg = load_compare_config(args.config, overrides, quick=args.quick)
+        out = Path(args.out) if args.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
         rows = run_compare(cfg, out, progress=not args.no_progress)
-    except (ValueError, TypeError) as err:
+    except (CompareConfigError, ValueError, TypeError) as err:
         print(f"rulegym compare: {err}", file=sys.stderr)
         return 2
-    from rulegym.train.compare import markdown_table
-
-    print()
     print(markdown_table(rows))
-    print(f"run folder: {out}  (TensorBoard: tensorboard --logdir {out / 'tensorboard'})")
+    print(f"run folder: {out}  (plot: {out / 'curves.png'}; TensorBoard: tensorboard --logdir {out / 'tensorboard'})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rulegym.train.results import markdown_table, report
+
+    out = Path(args.out)
+    try:
+        rows = report([Path(r) for r in args.runs], out, ks=args.ks, heatmap_metric=args.metric)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"rulegym report: {err}", file=sys.stderr)
+        return 2
+    print(markdown_table(rows))
+    print(f"report folder: {out} (summary.md, summary.csv, curves.png/svg, heatmap.png/svg)")
     return 0
 
 
@@ -91,17 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run agents x envs x seeds, each cell a batch of fresh lifetimes; write a run folder "
         "with the summary table (online accuracy, mean and 95%% interval over seeds) and TensorBoard curves.",
     )
-    p_cmp.add_argument("--agents", nargs="+", help="registered agent names (default: sgd adam)")
+    p_cmp.add_argument("--config", help="a TOML or JSON compare config (see train/presets/)")
+    p_cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted keys)")
+    p_cmp.add_argument("--agents", nargs="+", help="registered agent names or pretrained rules (default: shipped rules, sgd, adam)")
     p_cmp.add_argument("--envs", nargs="+", help="env ids (default: the embedded ones, see `rulegym list`)")
     p_cmp.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
     p_cmp.add_argument("--lifetimes", type=int, help="lifetimes per cell (default 16)")
     p_cmp.add_argument("--steps", type=int, help="steps per lifetime (default 500)")
-    p_cmp.add_argument("--agent-opt", action="append", default=[], metavar="AGENT.option=value", help="agent option")
-    p_cmp.add_argument("--env-opt", action="append", default=[], metavar="ENV_ID.option=value", help="env option")
-    p_cmp.add_argument("--out", help="run folder (default: runs/compare-<time>)")
+    p_cmp.add_argument("--out", help="run folder (default: runs/compare-<time>); an existing one is resumed")
     p_cmp.add_argument("--quick", action="store_true", help="2 seeds, 8 lifetimes, 200 steps")
     p_cmp.add_argument("--no-progress", action="store_true", help="no per-cell progress lines")
     p_cmp.set_defaults(func=cmd_compare)
+
+    p_rep = sub.add_parser(
+        "report",
+        help="tables and figures from one or more run folders",
+        description="Merge the cells of run folders and write summary tables, learning curves and a heat map.",
+    )
+    p_rep.add_argument("runs", nargs="+", help="run folders written by `rulegym compare`")
+    p_rep.add_argument("--out", required=True, help="report folder")
+    p_rep.add_argument("--ks", nargs="+", type=int, default=[10, 100], help="k of accuracy-at-k and first-k metrics")
+    p_rep.add_argument("--metric", help="metric of the heat map (default: acc_first_<largest k>)")
+    p_rep.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,171 +1,290 @@
 """Compare agents on tasks over seeds: the main job of rulegym.
 
-For every (agent, env, seed) cell the loop runs a batch of fresh lifetimes and keeps the
-per-step records; the summary reports online (prequential) accuracy -- on the k-th example,
-cumulative over the first k, and near the end of the lifetime -- as the mean over seeds with a
-95% interval. A run folder holds the resolved config, the per-step results, the summary table
-(markdown and CSV) and TensorBoard curves for all agents side by side.
+Every (agent, env, seed) cell runs a batch of fresh lifetimes through the one loop and keeps
+the per-step records; the summary reports online (prequential) accuracy -- on the k-th
+example, cumulative over the first k, and near the end of the lifetime -- as the mean over
+seeds with a 95% t-interval.
+
+A run folder holds::
+
+    config.json        the resolved config
+    run.json           seeds, package versions, command, times
+    cells/*.npz        per-step results of each finished cell (correct, loss, loss_mask [T, B])
+    summary.md/.csv    the table
+    curves.png/.svg    online accuracy curves, mean and 95% interval over seeds, one panel per env
+    tensorboard/       one run per agent, one tag per env: all agents side by side
+
+Cells are written atomically as they finish; running the same command on the same folder
+again (``resume``) skips finished cells.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
+import os
+import platform
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-import gymnasium as gym
 import numpy as np
-import torch
-from scipy import stats
 
-from rulegym.agents import make_agent
-from rulegym.envs import EMBEDDED_ENV_IDS, ENVS
-from rulegym.train.loop import env_dims, evaluate
+from rulegym.train import results as res
 
-DEFAULT_AGENTS = ("sgd", "adam")
+
+class CompareConfigError(ValueError):
+    """A compare config key or value is invalid; the message names it and the valid ones."""
+
+
+@dataclass
+class AgentSpec:
+    """An agent in a comparison: a registered name or a pretrained rule, its options, a label."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        from rulegym.agents import AGENTS
+        from rulegym.agents.pretrained import PRETRAINED
+
+        if self.name not in AGENTS and self.name not in PRETRAINED:
+            raise CompareConfigError(
+                f"unknown agent {self.name!r}; registered agents: {', '.join(sorted(AGENTS))}; "
+                f"pretrained rules: {', '.join(sorted(PRETRAINED)) or 'none'}."
+            )
+        if not isinstance(self.options, Mapping):
+            raise CompareConfigError(f"options of agent {self.name!r} must be a table, got {self.options!r}.")
+        self.options = dict(self.options)
+        self.label = self.label or self.name
+
+    @classmethod
+    def parse(cls, value: Any) -> "AgentSpec":
+        if isinstance(value, AgentSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, Mapping):
+            valid = [f.name for f in fields(cls)]
+            unknown = sorted(set(value) - set(valid))
+            if unknown:
+                raise CompareConfigError(f"unknown agent key(s) {unknown}; an agent has keys {valid}.")
+            return cls(**value)
+        raise CompareConfigError(f"an agent is a name or a table {{name, options, label}}, got {value!r}.")
+
+    def build(self, x_dim: int, n_classes: int):
+        from rulegym.agents import make_agent
+        from rulegym.agents.pretrained import PRETRAINED, load_pretrained
+
+        if self.name in PRETRAINED:
+            return load_pretrained(self.name, x_dim, n_classes, **self.options)
+        return make_agent(self.name, x_dim, n_classes, **self.options)
+
+
+@dataclass
+class EnvSpec:
+    """A task in a comparison: a registered env id, its options, a label."""
+
+    env_id: str
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        from rulegym.envs import ENVS
+
+        if self.env_id not in ENVS:
+            raise CompareConfigError(f"unknown env id {self.env_id!r}; registered: {', '.join(ENVS)}.")
+        if not isinstance(self.options, Mapping):
+            raise CompareConfigError(f"options of env {self.env_id!r} must be a table, got {self.options!r}.")
+        self.options = dict(self.options)
+        self.label = self.label or self.env_id.split("/")[-1].rsplit("-v", 1)[0]
+
+    @classmethod
+    def parse(cls, value: Any) -> "EnvSpec":
+        if isinstance(value, EnvSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, Mapping):
+            valid = [f.name for f in fields(cls)]
+            unknown = sorted(set(value) - set(valid))
+            if unknown:
+                raise CompareConfigError(f"unknown env key(s) {unknown}; an env has keys {valid}.")
+            return cls(**value)
+        raise CompareConfigError(f"an env is an id or a table {{env_id, options, label}}, got {value!r}.")
+
+
+def _default_agents() -> list[Any]:
+    from rulegym.agents.pretrained import PRETRAINED
+
+    shipped = [name for name, info in PRETRAINED.items() if info.in_default_compare]
+    return [*shipped, "sgd", "adam"]
+
+
+def _default_envs() -> list[Any]:
+    from rulegym.envs import EMBEDDED_ENV_IDS
+
+    return list(EMBEDDED_ENV_IDS)
 
 
 @dataclass
 class CompareConfig:
     """One comparison: agents x envs x seeds, each cell a batch of ``lifetimes`` lifetimes."""
 
-    agents: list[str] = field(default_factory=lambda: list(DEFAULT_AGENTS))
-    envs: list[str] = field(default_factory=lambda: list(EMBEDDED_ENV_IDS))
+    agents: list[Any] = field(default_factory=_default_agents)
+    envs: list[Any] = field(default_factory=_default_envs)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    #: lifetimes per cell (one batch)
     lifetimes: int = 16
+    #: steps per lifetime (the envs' lifetime_length unless an env's options set it)
     steps: int = 500
-    agent_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    env_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: k of "accuracy on the k-th example" and "cumulative accuracy over the first k"
     ks: list[int] = field(default_factory=lambda: [10, 100])
+    #: torch threads (None: leave torch's setting)
+    num_threads: int | None = None
+    tensorboard: bool = True
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
-        from rulegym.agents import AGENTS
-
-        bad_agents = [a for a in self.agents if a not in AGENTS]
-        if bad_agents:
-            raise ValueError(f"unknown agent(s) {bad_agents}; registered agents: {', '.join(sorted(AGENTS))}.")
-        bad_envs = [e for e in self.envs if e not in ENVS]
-        if bad_envs:
-            raise ValueError(f"unknown env id(s) {bad_envs}; registered: {', '.join(ENVS)}.")
-        for name, value in (("lifetimes", self.lifetimes), ("steps", self.steps)):
+        self.agents = [AgentSpec.parse(a) for a in (self.agents if isinstance(self.agents, list) else [self.agents])]
+        self.envs = [EnvSpec.parse(e) for e in (self.envs if isinstance(self.envs, list) else [self.envs])]
+        if not self.agents or not self.envs:
+            raise CompareConfigError("a comparison needs at least one agent and one env.")
+        for kind, items in (("agent", self.agents), ("env", self.envs)):
+            labels = [i.label for i in items]
+            dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+            if dup:
+                raise CompareConfigError(f"{kind} labels must be unique, {dup} repeat; give each a distinct label.")
+        if not isinstance(self.seeds, list) or not self.seeds or not all(isinstance(s, int) and s >= 0 for s in self.seeds):
+            raise CompareConfigError(f"seeds must be a non-empty list of non-negative integers, got {self.seeds!r}.")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise CompareConfigError(f"seeds repeat: {self.seeds}.")
+        for name in ("lifetimes", "steps"):
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not self.seeds:
-            raise ValueError("give at least one seed.")
-        if any(k < 1 or k > self.steps for k in self.ks):
-            raise ValueError(f"every k in ks must lie in 1..steps={self.steps}, got {self.ks}.")
+                raise CompareConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if not isinstance(self.ks, list) or not all(isinstance(k, int) and 1 <= k for k in self.ks):
+            raise CompareConfigError(f"ks must be a list of positive integers, got {self.ks!r}.")
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise CompareConfigError(f"num_threads must be a positive integer or null, got {self.num_threads!r}.")
+        for name in ("tensorboard", "plots"):
+            if not isinstance(getattr(self, name), bool):
+                raise CompareConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CompareConfig":
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise CompareConfigError(f"unknown compare key(s) {unknown}; valid keys: {', '.join(valid)}.")
+        try:
+            return cls(**dict(data))
+        except TypeError as err:
+            raise CompareConfigError(f"bad compare config: {err}") from err
+
+    def env_options(self, env: EnvSpec) -> dict[str, Any]:
+        return {"lifetime_length": self.steps, **env.options}
 
 
-def interval95(values: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of the 95% t-interval over seeds (half-width NaN for one seed)."""
-    values = np.asarray(values, dtype=np.float64)
-    mean = float(values.mean())
-    if values.size < 2:
-        return mean, math.nan
-    half = float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
-    return mean, half
+def load_compare_config(path: str | Path | None, overrides: Sequence[str] = (), quick: bool = False) -> CompareConfig:
+    """A compare config from a TOML/JSON file (or the defaults) plus ``key=value`` overrides."""
+    from rulegym.learners.config import ConfigError, apply_overrides, read_config_file
+
+    try:
+        data = read_config_file(path) if path is not None else {}
+        if quick:
+            data = {"seeds": [0, 1], "lifetimes": 8, "steps": 200, **data}
+        data = apply_overrides(data, overrides)
+    except ConfigError as err:
+        raise CompareConfigError(str(err)) from err
+    data.pop("kind", None)
+    return CompareConfig.from_dict(data)
 
 
-def cell_metrics(correct: np.ndarray, mask: np.ndarray, ks: list[int]) -> dict[str, float]:
-    """Online accuracy metrics of one cell from its [T, B] records (masked steps only)."""
-    steps = correct.shape[0]
-    hits = (correct & mask).astype(np.float64)
-    counted = mask.astype(np.float64)
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
 
-    def mean_over(sl: slice) -> float:
-        n = counted[sl].sum()
-        return float(hits[sl].sum() / n) if n else math.nan
-
-    out = {"acc_all": mean_over(slice(None))}
-    for k in ks:
-        out[f"acc_at_{k}"] = mean_over(slice(k - 1, k))
-        out[f"acc_first_{k}"] = mean_over(slice(0, k))
-    tail = max(1, steps // 10)
-    out["acc_last_10pct"] = mean_over(slice(steps - tail, steps))
+    out = {"python": platform.python_version()}
+    for pkg in ("rulegym", "torch", "numpy", "gymnasium", "stable-baselines3", "tensorboard", "matplotlib"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
     return out
 
 
+def _progress(done: int, total: int, start: float, text: str) -> None:
+    elapsed = time.perf_counter() - start
+    eta = elapsed / max(done, 1) * (total - done)
+    width = 24
+    filled = int(width * done / total)
+    bar = "#" * filled + "-" * (width - filled)
+    print(f"\r[{bar}] {done}/{total} {text[:48]:<48} eta {eta:5.0f}s", end="", file=sys.stderr, flush=True)
+
+
 def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every cell, write the run folder, and return the summary rows."""
-    from torch.utils.tensorboard import SummaryWriter
+    """Run every unfinished cell, write the run folder, and return the summary rows."""
+    import gymnasium as gym
+    import torch
 
-    cfg.validate()
+    from rulegym.train.loop import env_dims, evaluate
+
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    records: dict[str, np.ndarray] = {}
-    per_cell: dict[tuple[str, str], list[dict[str, float]]] = {}
+    config_path = out_dir / "config.json"
+    if config_path.exists():
+        old = json.loads(config_path.read_text())
+        if old != cfg.to_dict():
+            raise CompareConfigError(
+                f"{out_dir} holds a comparison with a different config; use a new --out folder, "
+                f"or the same config to resume it (differences in: "
+                f"{sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))})."
+            )
+    res.write_json(config_path, cfg.to_dict())
+    info = {"seeds": cfg.seeds, "versions": package_versions(), "command": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     cells = [(a, e, s) for e in cfg.envs for a in cfg.agents for s in cfg.seeds]
+    todo = [c for c in cells if not res.cell_path(out_dir, c[0].label, c[1].label, c[2]).exists()]
     start = time.perf_counter()
-    for i, (agent_name, env_id, seed) in enumerate(cells):
-        opts = {"lifetime_length": cfg.steps, **cfg.env_options.get(env_id, {})}
-        probe = gym.make_vec(env_id, num_envs=1, **opts)
+    for i, (agent_spec, env_spec, seed) in enumerate(todo):
+        opts = cfg.env_options(env_spec)
+        probe = gym.make_vec(env_spec.env_id, num_envs=1, **opts)
         x_dim, n_classes = env_dims(probe)
+        steps = min(cfg.steps, probe.unwrapped.task.lifetime_length)
         probe.close()
-        torch.manual_seed(seed)  # meta-parameter init of agents that have some
-        agent = make_agent(agent_name, x_dim, n_classes, **cfg.agent_options.get(agent_name, {}))
-        result = evaluate(agent, env_id, num_envs=cfg.lifetimes, seed=seed, steps=cfg.steps, env_options=opts)
-        correct, mask = result.correct.numpy(), result.loss_mask.numpy()
-        key = f"{agent_name}|{env_id}|{seed}"
-        records[key + "|correct"] = correct
-        records[key + "|loss_mask"] = mask
-        records[key + "|loss"] = result.loss.detach().float().numpy()
-        per_cell.setdefault((agent_name, env_id), []).append(cell_metrics(correct, mask, cfg.ks))
+        torch.manual_seed(seed)  # meta-parameter init of agents built untrained
+        agent = agent_spec.build(x_dim, n_classes)
         if progress:
-            done = i + 1
-            eta = (time.perf_counter() - start) / done * (len(cells) - done)
-            print(f"[{done}/{len(cells)}] {agent_name} on {env_id} seed {seed}: "
-                  f"acc {per_cell[(agent_name, env_id)][-1]['acc_all']:.3f}  (eta {eta:.0f}s)", flush=True)
-    np.savez_compressed(out_dir / "results.npz", **records)
-
-    rows = []
-    for (agent_name, env_id), metrics in per_cell.items():
-        row: dict[str, Any] = {"agent": agent_name, "env": env_id, "seeds": len(metrics)}
-        for name in metrics[0]:
-            mean, half = interval95(np.array([m[name] for m in metrics]))
-            row[name], row[name + "_ci95"] = mean, half
-        rows.append(row)
-    write_tables(rows, out_dir)
-    write_tensorboard(records, cfg, out_dir / "tensorboard", SummaryWriter)
+            _progress(i, len(todo), start, f"{agent_spec.label} on {env_spec.label} seed {seed}")
+        result = evaluate(agent, env_spec.env_id, num_envs=cfg.lifetimes, seed=seed, steps=steps, env_options=opts)
+        res.save_cell(
+            out_dir, agent_spec.label, env_spec.label, seed,
+            correct=result.correct.numpy(), loss_mask=result.loss_mask.numpy(), loss=result.loss.detach().float().numpy(),
+        )
+    if progress and todo:
+        _progress(len(todo), len(todo), start, "done")
+        print(file=sys.stderr)
+    info["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    info["cells_run_now"] = len(todo)
+    info["cells_total"] = len(cells)
+    res.write_json(out_dir / "run.json", info)
+    runs = res.load_runs([out_dir])
+    agent_order = {a.label: i for i, a in enumerate(cfg.agents)}
+    env_order = {e.label: i for i, e in enumerate(cfg.envs)}
+    runs.sort(key=lambda c: (env_order.get(c.env, 1 << 30), agent_order.get(c.agent, 1 << 30), c.seed))
+    rows = res.summarize(runs, cfg.ks)
+    res.write_tables(rows, out_dir)
+    if cfg.plots:
+        res.plot_curves(runs, out_dir / "curves")
+    if cfg.tensorboard:
+        res.write_tensorboard(runs, out_dir / "tensorboard")
     return rows
-
-
-def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
-    """summary.csv (every number) and summary.md (mean +- 95% interval)."""
-    with open(out_dir / "summary.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out_dir / "summary.md").write_text(markdown_table(rows))
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    metrics = [k for k in rows[0] if k.startswith("acc") and not k.endswith("_ci95")]
-    lines = ["| agent | env | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
-    for r in rows:
-        cells = []
-        for m in metrics:
-            half = r[m + "_ci95"]
-            cells.append(f"{r[m]:.3f}" + ("" if math.isnan(half) else f" ± {half:.3f}"))
-        lines.append(f"| {r['agent']} | {r['env']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_tensorboard(records: dict[str, np.ndarray], cfg: CompareConfig, logdir: Path, writer_cls) -> None:
-    """Online accuracy curves (mean over lifetimes and seeds), one run per agent, one tag per env."""
-    for agent_name in cfg.agents:
-        writer = writer_cls(log_dir=str(logdir / agent_name))
-        for env_id in cfg.envs:
-            keys = [f"{agent_name}|{env_id}|{s}" for s in cfg.seeds]
-            correct = np.concatenate([records[k + "|correct"] for k in keys], axis=1)
-            mask = np.concatenate([records[k + "|loss_mask"] for k in keys], axis=1)
-            counted = mask.sum(axis=1)
-            curve = np.where(counted > 0, (correct & mask).sum(axis=1) / np.maximum(counted, 1), np.nan)
-            tag = "online_accuracy/" + env_id.replace("rulegym/", "")
-            for t, value in enumerate(curve):
-                if not math.isnan(value):
-                    writer.add_scalar(tag, float(value), global_step=t + 1)
-        writer.close()

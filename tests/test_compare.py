@@ -1,0 +1,112 @@
+"""The main job: `rulegym compare` and `rulegym report` end to end on the embedded tasks."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rulegym.train import compare as compare_mod
+from rulegym.train.cli import main
+from rulegym.train.compare import CompareConfig, CompareConfigError, load_compare_config
+
+SMALL = ["--seeds", "0", "1", "--lifetimes", "3", "--steps", "40", "--no-progress"]
+LEAN = ["--set", "plots=false", "--set", "tensorboard=false"]  # where the test reads neither
+
+
+@pytest.fixture
+def no_data(monkeypatch, tmp_path):
+    """The embedded default needs no data root and no network."""
+    monkeypatch.setenv("RULEGYM_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("RULEGYM_OFFLINE", "1")
+
+
+def test_compare_end_to_end(tmp_path, no_data, capsys):
+    out = tmp_path / "run"
+    assert main(["compare", "--agents", "sgd", "adam", "--out", str(out), "--set", "ks=[5,20]", *SMALL]) == 0
+    for name in ("config.json", "run.json", "summary.md", "summary.csv", "curves.png", "curves.svg"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+    run = json.loads((out / "run.json").read_text())
+    assert run["seeds"] == [0, 1] and "torch" in run["versions"]
+    # every number of the table is recomputed here from the per-step results
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert len(rows) == 2 * 3  # agents x embedded envs
+    for row in rows:
+        per_seed = []
+        for seed in (0, 1):
+            with np.load(out / "cells" / f"{row['agent']}__{row['env']}__s{seed}.npz") as z:
+                correct, mask = z["correct"], z["loss_mask"]
+                assert correct.shape == (40, 3)
+                per_seed.append(((correct & mask)[:20].sum() / mask[:20].sum(), (correct & mask)[4].sum() / mask[4].sum()))
+        assert float(row["acc_first_20"]) == pytest.approx(np.mean([p[0] for p in per_seed]), abs=1e-12)
+        assert float(row["acc_at_5"]) == pytest.approx(np.mean([p[1] for p in per_seed]), abs=1e-12)
+    with Image.open(out / "curves.png") as img:
+        img.load()
+        assert img.size[0] > 300 and img.size[1] > 150
+    assert "| sgd |" in capsys.readouterr().out
+
+
+def test_resumed_compare_does_not_redo_finished_cells(tmp_path, no_data, monkeypatch):
+    out = tmp_path / "run"
+    args = ["compare", "--agents", "sgd", "--envs", "rulegym/SumSign-v0", "--out", str(out), *LEAN, *SMALL]
+    assert main(args) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    (out / "cells" / "sgd__SumSign__s1.npz").unlink()  # as if the run had been killed before this cell
+    calls = []
+    real = compare_mod.run_compare.__globals__["res"].save_cell
+
+    def counting(*a, **k):
+        calls.append(a[1:4])
+        return real(*a, **k)
+
+    monkeypatch.setattr(compare_mod.res, "save_cell", counting)
+    assert main(args) == 0
+    assert calls == [("sgd", "SumSign", 1)]
+    assert (out / "cells" / "sgd__SumSign__s0.npz").stat().st_mtime_ns == first["sgd__SumSign__s0.npz"]
+    # a different config in the same folder is refused instead of mixing results
+    assert main([*args[:-len(SMALL)], "--seeds", "0", "--lifetimes", "3", "--steps", "41", "--no-progress"]) == 2
+
+
+def test_report_merges_two_runs(tmp_path, no_data):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["compare", "--agents", "sgd", "--envs", "rulegym/SumSign-v0", "--out", str(a), *LEAN, *SMALL]) == 0
+    assert main(["compare", "--agents", "adam", "--envs", "rulegym/SumSign-v0", "rulegym/Random-v0", "--out", str(b), *LEAN, *SMALL]) == 0
+    rep = tmp_path / "report"
+    assert main(["report", str(a), str(b), "--out", str(rep), "--ks", "5", "20"]) == 0
+    rows = list(csv.DictReader(open(rep / "summary.csv")))
+    assert {(r["agent"], r["env"]) for r in rows} == {("sgd", "SumSign"), ("adam", "SumSign"), ("adam", "Random")}
+    for name in ("summary.md", "curves.png", "heatmap.png", "heatmap.svg"):
+        assert (rep / name).is_file()
+    # the same agent in two runs stays apart, labelled by run
+    c = tmp_path / "c"
+    assert main(["compare", "--agents", "sgd", "--envs", "rulegym/SumSign-v0", "--out", str(c), *LEAN, *SMALL]) == 0
+    assert main(["report", str(a), str(c), "--out", str(tmp_path / "rep2")]) == 0
+    agents = {r["agent"] for r in csv.DictReader(open(tmp_path / "rep2" / "summary.csv"))}
+    assert agents == {"a/sgd", "c/sgd"}
+    assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "rep3")]) == 2
+
+
+def test_config_validation_names_the_problem(tmp_path):
+    with pytest.raises(CompareConfigError, match="valid keys"):
+        CompareConfig.from_dict({"agent": ["sgd"]})
+    with pytest.raises(CompareConfigError, match="registered agents"):
+        CompareConfig(agents=["sgdd"])
+    with pytest.raises(CompareConfigError, match="registered"):
+        CompareConfig(envs=["rulegym/Nope-v0"])
+    with pytest.raises(CompareConfigError, match="lifetimes"):
+        CompareConfig(lifetimes=0)
+    with pytest.raises(CompareConfigError, match="unique"):
+        CompareConfig(agents=["sgd", "sgd"])
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('agents = ["sgd", {name = "sgd", label = "sgd-fast", options = {lr = 0.5}}]\nsteps = 30\n')
+    cfg = load_compare_config(cfg_file, ["seeds=[3]", "envs=[\"rulegym/SumSign-v0\"]"])
+    assert [a.label for a in cfg.agents] == ["sgd", "sgd-fast"] and cfg.seeds == [3] and cfg.steps == 30
+    with pytest.raises(CompareConfigError, match="not valid TOML"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text("agents = [")
+        load_compare_config(bad)
+    assert main(["compare", "--set", "lifetimes=-1"]) == 2

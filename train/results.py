@@ -1,0 +1,298 @@
+"""Per-step results of comparison runs: storage, metrics, tables, plots, TensorBoard.
+
+A *cell* is one (agent, env, seed) with its per-step records [T, B] over B lifetimes. Cells are
+stored one ``.npz`` per cell under ``<run>/cells/`` (columns: correct, loss_mask, loss, plus
+the labels), written atomically, so a run can be resumed and several runs can be merged by
+``rulegym report``. Every number in a table is recomputed from these files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+METRIC_DOC = {
+    "acc_all": "online accuracy over the whole lifetime",
+    "acc_at_{k}": "accuracy on the k-th example",
+    "acc_first_{k}": "cumulative accuracy over the first k examples",
+    "acc_last_10pct": "accuracy over the last 10% of the lifetime",
+}
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write (a crash never leaves a half-written file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def cell_path(run_dir: Path, agent: str, env: str, seed: int) -> Path:
+    return Path(run_dir) / "cells" / f"{_safe(agent)}__{_safe(env)}__s{seed}.npz"
+
+
+def save_cell(run_dir: Path, agent: str, env: str, seed: int, *, correct, loss_mask, loss) -> Path:
+    """Write one cell atomically."""
+    path = cell_path(run_dir, agent, env, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(
+        tmp, correct=np.asarray(correct, bool), loss_mask=np.asarray(loss_mask, bool), loss=np.asarray(loss, np.float32),
+        agent=np.array(agent), env=np.array(env), seed=np.array(seed),
+    )
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class Cell:
+    """The records of one (agent, env, seed) cell: arrays are [steps, lifetimes]."""
+
+    agent: str
+    env: str
+    seed: int
+    correct: np.ndarray
+    loss_mask: np.ndarray
+    loss: np.ndarray
+    run: str
+
+    def curve(self) -> np.ndarray:
+        """Online accuracy per step over this cell's lifetimes (NaN where no step counts)."""
+        counted = self.loss_mask.sum(axis=1)
+        hits = (self.correct & self.loss_mask).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counted > 0, hits / np.maximum(counted, 1), np.nan)
+
+
+def load_runs(run_dirs: Iterable[Path]) -> list[Cell]:
+    """Every cell of the given run folders; agents that occur in several runs get the run name
+    as a prefix so merged reports keep them apart."""
+    cells: list[Cell] = []
+    for run in run_dirs:
+        run = Path(run)
+        folder = run / "cells"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{run} is not a rulegym run folder (no cells/ inside); pass folders written by `rulegym compare`.")
+        for path in sorted(folder.glob("*.npz")):
+            try:
+                with np.load(path) as z:
+                    cells.append(Cell(str(z["agent"]), str(z["env"]), int(z["seed"]), z["correct"], z["loss_mask"], z["loss"], run.name))
+            except (OSError, KeyError, ValueError) as err:
+                raise ValueError(f"cell file {path} is unreadable ({err}); delete it and re-run the comparison to redo that cell.") from err
+    runs_of = {}
+    for c in cells:
+        runs_of.setdefault(c.agent, set()).add(c.run)
+    for c in cells:
+        if len(runs_of[c.agent]) > 1:
+            c.agent = f"{c.run}/{c.agent}"
+    return cells
+
+
+def cell_metrics(cell: Cell, ks: Sequence[int]) -> dict[str, float]:
+    """Online accuracy metrics of one cell (masked steps only)."""
+    steps = cell.correct.shape[0]
+    hits = (cell.correct & cell.loss_mask).astype(np.float64)
+    counted = cell.loss_mask.astype(np.float64)
+
+    def mean_over(sl: slice) -> float:
+        n = counted[sl].sum()
+        return float(hits[sl].sum() / n) if n else math.nan
+
+    out = {"acc_all": mean_over(slice(None))}
+    for k in ks:
+        if k <= steps:
+            out[f"acc_at_{k}"] = mean_over(slice(k - 1, k))
+            out[f"acc_first_{k}"] = mean_over(slice(0, k))
+    tail = max(1, steps // 10)
+    out["acc_last_10pct"] = mean_over(slice(steps - tail, steps))
+    out["loss_all"] = float((cell.loss * counted).sum() / max(counted.sum(), 1))
+    return out
+
+
+def interval95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval over seeds (NaN half-width for one seed)."""
+    from scipy import stats
+
+    values = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, math.nan
+    return mean, float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
+
+
+def _ordered(items: Iterable[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for i in items:
+        seen.setdefault(i, None)
+    return list(seen)
+
+
+def summarize(cells: list[Cell], ks: Sequence[int]) -> list[dict[str, Any]]:
+    """One row per (agent, env): every metric's mean and 95% interval over seeds."""
+    rows = []
+    for env in _ordered(c.env for c in cells):
+        for agent in _ordered(c.agent for c in cells):
+            group = [c for c in cells if c.agent == agent and c.env == env]
+            if not group:
+                continue
+            per_seed = [cell_metrics(c, ks) for c in sorted(group, key=lambda c: c.seed)]
+            row: dict[str, Any] = {"agent": agent, "env": env, "seeds": len(group), "lifetimes": int(group[0].correct.shape[1])}
+            for name in per_seed[0]:
+                mean, half = interval95([m.get(name, math.nan) for m in per_seed])
+                row[name], row[name + "_ci95"] = mean, half
+            rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    metrics = [k for k in rows[0] if (k.startswith("acc") or k.startswith("loss")) and not k.endswith("_ci95")]
+    lines = ["| agent | env | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for r in rows:
+        cells = []
+        for m in metrics:
+            value, half = r.get(m, math.nan), r.get(m + "_ci95", math.nan)
+            cells.append("–" if math.isnan(value) else f"{value:.3f}" + ("" if math.isnan(half) else f" ± {half:.3f}"))
+        lines.append(f"| {r['agent']} | {r['env']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
+    """summary.csv (every number) and summary.md (mean ± 95% interval over seeds)."""
+    keys = _ordered(k for r in rows for k in r)
+    tmp = out_dir / f".summary.csv.{os.getpid()}.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out_dir / "summary.csv")
+    (out_dir / "summary.md").write_text(
+        markdown_table(rows) + "\nOnline accuracy (prequential); mean ± 95% t-interval over seeds.\n"
+    )
+
+
+def _smooth(curve: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1:
+        return curve
+    valid = ~np.isnan(curve)
+    kernel = np.ones(window)
+    num = np.convolve(np.where(valid, curve, 0.0), kernel, mode="same")
+    den = np.convolve(valid.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def plot_curves(cells: list[Cell], stem: Path) -> list[Path]:
+    """Online accuracy curves, one panel per env, all agents on a shared axis; mean and 95%
+    interval over seeds (curves smoothed over a window of ~2% of the lifetime). PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    envs, agents = _ordered(c.env for c in cells), _ordered(c.agent for c in cells)
+    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False, sharey=True)
+    for ax, env in zip(axes[0], envs):
+        for agent in agents:
+            group = [c for c in cells if c.env == env and c.agent == agent]
+            if not group:
+                continue
+            steps = min(c.correct.shape[0] for c in group)
+            window = max(1, steps // 50)
+            curves = np.stack([_smooth(c.curve()[:steps], window) for c in group])
+            mean = np.nanmean(curves, axis=0)
+            x = np.arange(1, steps + 1)
+            (line,) = ax.plot(x, mean, label=agent, lw=1.4)
+            if len(group) > 1:
+                half = stats.t.ppf(0.975, len(group) - 1) * np.nanstd(curves, axis=0, ddof=1) / math.sqrt(len(group))
+                ax.fill_between(x, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), color=line.get_color(), alpha=0.2, lw=0)
+        ax.set_title(env)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel("examples seen")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("online accuracy")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "svg"):
+        path = stem.with_suffix("." + ext)
+        fig.savefig(path, dpi=120)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def plot_heatmap(rows: list[dict[str, Any]], metric: str, stem: Path) -> list[Path]:
+    """Agents x envs heat map of one metric (the meta-train x meta-test grid view)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agents, envs = _ordered(r["agent"] for r in rows), _ordered(r["env"] for r in rows)
+    grid = np.full((len(agents), len(envs)), np.nan)
+    for r in rows:
+        grid[agents.index(r["agent"]), envs.index(r["env"])] = r.get(metric, np.nan)
+    fig, ax = plt.subplots(figsize=(1.3 * len(envs) + 2.5, 0.5 * len(agents) + 1.6))
+    im = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(envs)), envs, rotation=30, ha="right")
+    ax.set_yticks(range(len(agents)), agents)
+    for i in range(len(agents)):
+        for j in range(len(envs)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w" if grid[i, j] < 0.6 else "k", fontsize=8)
+    ax.set_title(metric)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "svg"):
+        path = stem.with_suffix("." + ext)
+        fig.savefig(path, dpi=120)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def write_tensorboard(cells: list[Cell], logdir: Path) -> None:
+    """Online accuracy curves (mean over lifetimes and seeds): one run per agent, one tag per env."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for agent in _ordered(c.agent for c in cells):
+        writer = SummaryWriter(log_dir=str(logdir / _safe(agent)))
+        for env in _ordered(c.env for c in cells):
+            group = [c for c in cells if c.agent == agent and c.env == env]
+            if not group:
+                continue
+            steps = min(c.correct.shape[0] for c in group)
+            curve = np.nanmean(np.stack([c.curve()[:steps] for c in group]), axis=0)
+            for t, value in enumerate(curve):
+                if not math.isnan(value):
+                    writer.add_scalar(f"online_accuracy/{env}", float(value), global_step=t + 1)
+        writer.close()
+
+
+def report(run_dirs: Sequence[Path], out_dir: Path, ks: Sequence[int] = (10, 100), heatmap_metric: str | None = None) -> list[dict[str, Any]]:
+    """Tables and figures from one or more run folders, merged."""
+    cells = load_runs(run_dirs)
+    if not cells:
+        raise ValueError(f"no finished cells in {', '.join(map(str, run_dirs))}.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = summarize(cells, ks)
+    write_tables(rows, out_dir)
+    plot_curves(cells, out_dir / "curves")
+    metric = heatmap_metric or f"acc_first_{max(k for k in ks if k <= min(c.correct.shape[0] for c in cells))}"
+    plot_heatmap(rows, metric, out_dir / "heatmap")
+    return rows
