@@ -1,6 +1,8 @@
 """The ``rulegym`` command line: one entry point, subcommands a user guesses.
 
     rulegym list            registered envs, agents and pretrained rules
+    rulegym train           meta-train a rule from a config (BPTT or ES, torchrun-ready)
+    rulegym eval            meta-test saved or shipped rules and baselines
     rulegym compare         agents x tasks x seeds, online accuracy table (embedded default)
     rulegym report          tables and figures from run folders
 """
@@ -32,6 +34,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in sorted(agents.AGENTS):
         doc = (agents.AGENTS[name].__doc__ or "").strip().splitlines()
         print(f"  {name:<{width}}  {doc[0] if doc else ''}")
+    from rulegym.agents.pretrained import PRETRAINED
+
+    print("\nPretrained rules (rulegym compare --agents NAME):")
+    for name, info in sorted(PRETRAINED.items()):
+        print(f"  {name:<{width}}  {info.agent}: {info.description}")
+    if not PRETRAINED:
+        print("  (none shipped)")
+    presets = sorted(Path(__file__).with_name("presets").glob("*.toml"))
+    print("\nPresets (rulegym compare --config PATH):")
+    for path in presets:
+        first = path.read_text().splitlines()[0].lstrip("# ").strip() if path.stat().st_size else ""
+        print(f"  {str(path):<{width}}  {first}")
+    if not presets:
+        print("  (none)")
     return 0
 
 
@@ -57,6 +73,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(markdown_table(rows))
     print(f"run folder: {out}  (plot: {out / 'curves.png'}; TensorBoard: tensorboard --logdir {out / 'tensorboard'})")
     return 0
+
+
+def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
+    """Meta-train from a config: the learners' own entry point (also runs under torchrun)."""
+    from rulegym.learners.__main__ import main as learners_main
+
+    return learners_main(list(rest))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Meta-test saved or shipped rules and baselines: a comparison with one agent per
+    ``--params`` file plus any named agents, on the given envs."""
+    agents: list = list(args.agents or [])
+    for item in args.params:
+        name, sep, path = item.partition("=")
+        if not sep:
+            print(f"rulegym eval: --params takes AGENT=PATH (e.g. vsml=runs/vsml/meta_params.pt), got {item!r}", file=sys.stderr)
+            return 2
+        agents.append({"name": name, "params": path, "label": f"{name}:{Path(path).parent.name or path}"})
+    if not agents:
+        print("rulegym eval: give --agents and/or --params", file=sys.stderr)
+        return 2
+    args.set = [f"agents={json.dumps(agents)}", *args.set]
+    args.agents = None
+    return cmd_compare(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -100,6 +141,34 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--no-progress", action="store_true", help="no per-cell progress lines")
     p_cmp.set_defaults(func=cmd_compare)
 
+    p_train = sub.add_parser(
+        "train",
+        help="meta-train a rule from a config (BPTT or ES; torchrun for several processes)",
+        description="Meta-train an agent: rulegym train --config learners/configs/X.toml --run-dir runs/X "
+        "[--set key=value] [--resume]. Same options as `python -m rulegym.learners --help`.",
+        add_help=False,
+    )
+    p_train.set_defaults(func=cmd_train, passthrough=True)
+
+    p_eval = sub.add_parser(
+        "eval",
+        help="meta-test saved or shipped rules and baselines on tasks",
+        description="Evaluate agents on tasks with fresh lifetimes per seed (the compare engine): named agents, "
+        "pretrained rules, and meta-parameters saved by `rulegym train` (--params AGENT=PATH).",
+    )
+    p_eval.add_argument("--params", action="append", default=[], metavar="AGENT=PATH", help="saved meta-parameters (a state_dict .pt)")
+    p_eval.add_argument("--agents", nargs="+", help="registered agents or pretrained rules")
+    p_eval.add_argument("--envs", nargs="+", help="env ids (default: the embedded ones)")
+    p_eval.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
+    p_eval.add_argument("--lifetimes", type=int, help="lifetimes per cell (default 16)")
+    p_eval.add_argument("--steps", type=int, help="steps per lifetime (default 500)")
+    p_eval.add_argument("--config", help="a TOML or JSON compare config")
+    p_eval.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p_eval.add_argument("--out", help="run folder (default: runs/compare-<time>)")
+    p_eval.add_argument("--quick", action="store_true", help="2 seeds, 8 lifetimes, 200 steps")
+    p_eval.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_eval.set_defaults(func=cmd_eval)
+
     p_rep = sub.add_parser(
         "report",
         help="tables and figures from one or more run folders",
@@ -115,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # everything after `train` belongs to the learners' parser
+        return int(cmd_train(argparse.Namespace(), argv[1:]) or 0)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()

@@ -46,6 +46,8 @@ class AgentSpec:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    #: meta-parameters saved by `rulegym train` (a state_dict file) to load into the agent
+    params: str = ""
 
     def __post_init__(self) -> None:
         from rulegym.agents import AGENTS
@@ -60,6 +62,8 @@ class AgentSpec:
             raise CompareConfigError(f"options of agent {self.name!r} must be a table, got {self.options!r}.")
         self.options = dict(self.options)
         self.label = self.label or self.name
+        if self.params and not Path(self.params).is_file():
+            raise CompareConfigError(f"meta-parameters file {self.params!r} of agent {self.label!r} does not exist.")
 
     @classmethod
     def parse(cls, value: Any) -> "AgentSpec":
@@ -81,7 +85,19 @@ class AgentSpec:
 
         if self.name in PRETRAINED:
             return load_pretrained(self.name, x_dim, n_classes, **self.options)
-        return make_agent(self.name, x_dim, n_classes, **self.options)
+        agent = make_agent(self.name, x_dim, n_classes, **self.options)
+        if self.params:
+            import torch
+
+            state = torch.load(self.params, map_location="cpu", weights_only=True)
+            try:
+                agent.load_state_dict(state)
+            except RuntimeError as err:
+                raise CompareConfigError(
+                    f"meta-parameters {self.params} do not fit agent {self.name!r} with options {self.options} "
+                    f"for x_dim={x_dim}, n_classes={n_classes}: {err}"
+                ) from err
+        return agent
 
 
 @dataclass

@@ -88,7 +88,7 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(
-        name="quick", steps=600, num_envs=3, ops_h=("mlp", "lstm", "gated"), ops_w=("mlp", "lstm", "gated"),
+        name="quick", steps=1000, num_envs=3, ops_h=("mlp", "lstm", "gated"), ops_w=("mlp", "lstm", "gated"),
         grid_seeds=1, seeds=2, neuron_scaling=(8, 16, 24),
     ),
     "small": Budget(
@@ -260,14 +260,24 @@ def findings(rows: list[dict[str, Any]], budget: Budget) -> list[str]:
     def by_op_w(delay: int) -> dict[str, float]:
         return {w: _mean(r for r in grid if r["delay"] == delay and r["op_w"] == w) for w in budget.ops_w}
 
+    noise = seed_spread(rows)
+
+    def margin(diff: float) -> str:
+        """Whether a difference stands out of the seed-to-seed spread of this budget."""
+        if not math.isfinite(noise):
+            return ""
+        return ", beyond the seed spread" if abs(diff) > noise else ", within the seed spread"
+
     # 1. GATED weight updates best at the long delay
     if grid and "gated" in budget.ops_w:
         m = by_op_w(big)
-        best = min(m, key=m.get)
-        nums = ", ".join(f"{w} {v:.3f}" for w, v in sorted(m.items(), key=lambda kv: kv[1]))
+        ranked = sorted(m.items(), key=lambda kv: kv[1])
+        best = ranked[0][0]
+        nums = ", ".join(f"{w} {v:.3f}" for w, v in ranked)
+        runner = ranked[1][1] - ranked[0][1] if len(ranked) > 1 else math.nan
         lines.append(
-            f"GATED weight updates best at delay {big}: {'HELD' if best == 'gated' else 'NOT HELD'} "
-            f"(final loss, bits/char, mean over OP_h and seeds, by OP_w: {nums})."
+            f"GATED weight updates best at delay {big}: {'HELD' if best == 'gated' else 'NOT HELD'}"
+            f"{margin(runner) if best == 'gated' else ''} (final loss, bits/char, mean over OP_h and seeds, by OP_w: {nums})."
         )
     # 2. MLP weight updates fail
     if grid and "mlp" in budget.ops_w:
@@ -297,7 +307,7 @@ def findings(rows: list[dict[str, Any]], budget: Budget) -> list[str]:
                 if math.isfinite(a) and math.isfinite(b):
                     total += 1
                     wins += b < a
-                    parts.append(f"delay {d} {op_h}/{op_w}: {lo} -> {a:.3f}, {hi} -> {b:.3f}")
+                    parts.append(f"delay {d} {op_h}/{op_w}: {lo} -> {a:.3f}, {hi} -> {b:.3f}{margin(a - b)}")
         verdict = "HELD" if wins == total and total else ("PARTLY" if wins else "NOT HELD")
         lines.append(f"State {hi} better than {lo}: {verdict} ({'; '.join(parts)}).")
     # 4. VSN better than the LSTMs up to delay 80: on the objective and on its remember half
@@ -312,7 +322,7 @@ def findings(rows: list[dict[str, Any]], budget: Budget) -> list[str]:
                 bl = min(lstm, key=lambda s: s[key])
                 wins.append(bv[key] < bl[key])
                 lstm_txt = ", ".join(f"{s['config']} {s[key]:.3f}" for s in lstm)
-                parts.append(f"delay {d}: best VSN ({bv['config']}) {bv[key]:.3f} vs {lstm_txt}")
+                parts.append(f"delay {d}: best VSN ({bv['config']}) {bv[key]:.3f} vs {lstm_txt}{margin(bv[key] - bl[key])}")
         if wins:
             verdict = "HELD" if all(wins) else ("PARTLY" if any(wins) else "NOT HELD")
             lines.append(f"VSN better than the LSTMs, {label} (mean final loss of the best config): {verdict} ({'; '.join(parts)}).")
@@ -324,7 +334,6 @@ def findings(rows: list[dict[str, Any]], budget: Budget) -> list[str]:
         nums = ", ".join(f"{n} neurons {m[n]:.3f}" for n in ns)
         spread = max(m.values()) - min(m.values())
         gain = m[ns[0]] - m[ns[-1]]
-        noise = seed_spread(rows)
         if gain > max(0.05, noise if math.isfinite(noise) else 0.0):
             verdict = "NOT HELD (more neurons are better beyond the seed spread)"
         elif gain > 0.05:
@@ -332,7 +341,6 @@ def findings(rows: list[dict[str, Any]], budget: Budget) -> list[str]:
         else:
             verdict = "HELD"
         lines.append(f"No improvement with more neurons (paper): {verdict} at delay {big} ({nums}; range {spread:.3f} bits).")
-    noise = seed_spread(rows)
     if math.isfinite(noise):
         lines.append(
             f"Seed-to-seed spread of the final loss (max - min over seeds, mean over configs with >= 2 seeds): {noise:.3f} "
