@@ -24,9 +24,12 @@ from rulegym.learners.base import Learner
 from rulegym.learners.bptt import BPTTLearner
 from rulegym.learners.es import ESLearner, centered_ranks
 from rulegym.learners.run import make_learner, meta_train
+from rulegym.learners.remember import RememberConfig, RememberResult, train_remember
 
 __all__ = [
     "BPTTConfig",
+    "RememberConfig",
+    "RememberResult",
     "BPTTLearner",
     "ConfigError",
     "DistContext",
@@ -47,4 +50,5 @@ __all__ = [
     "meta_train",
     "save_checkpoint",
     "shard",
+    "train_remember",
 ]

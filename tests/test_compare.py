@@ -13,7 +13,7 @@ from rulegym.train import compare as compare_mod
 from rulegym.train.cli import main
 from rulegym.train.compare import CompareConfig, CompareConfigError, load_compare_config
 
-SMALL = ["--seeds", "0", "1", "--lifetimes", "3", "--steps", "40", "--no-progress"]
+SMALL = ["--seeds", "0", "1", "--lifetimes", "3", "--steps", "40", "--no-progress", "--set", "num_threads=1"]
 LEAN = ["--set", "plots=false", "--set", "tensorboard=false"]  # where the test reads neither
 
 

@@ -38,7 +38,6 @@ from rulegym.learners.tasks import lifetime_seeds
 from rulegym.train.loop import rollout, run_lifetime
 
 RANDOM = {"env_id": "rulegym/Random-v0", "options": {"x_shape": 6, "n_images": 3, "n_classes": 3, "lifetime_length": 16}}
-SUMSIGN = {"env_id": "rulegym/SumSign-v0", "options": {"x_shape": 6, "lifetime_length": 12}}
 SMALL = {"agent_options": {"hidden": 8}, "tasks": [RANDOM], "progress": False, "eval_lifetimes": 4}
 
 
@@ -110,9 +109,10 @@ def test_mixture_draws_by_weight_deterministically_and_checks_shapes():
     b = TaskSpec("rulegym/SumSign-v0", {"x_shape": 6}, weight=3.0)
     mix = TaskMixture([a, b], seed=0)
     draws = [mix.choose(s) for s in range(1000)]
-    assert draws == [TaskMixture([a, b], seed=0).choose(s) for s in range(1000)]  # a pure function of (seed, step)
+    again, other = TaskMixture([a, b], seed=0), TaskMixture([a, b], seed=1)
+    assert draws == [again.choose(s) for s in reversed(range(1000))][::-1]  # a pure function of (seed, step)
     assert 0.70 < np.mean(draws) < 0.80  # P(b) = 3/4
-    assert draws != [TaskMixture([a, b], seed=1).choose(s) for s in range(1000)]
+    assert draws != [other.choose(s) for s in range(1000)]
     assert (mix.x_dim, mix.n_classes) == (6, 2)
     with pytest.raises(TaskShapeError, match=r"x_dim=6, n_classes=3.*x_dim=7, n_classes=3.*x_shape"):
         TaskMixture([TaskSpec(**RANDOM), TaskSpec("rulegym/Random-v0", {"x_shape": 7, "n_classes": 3})], seed=0)
@@ -355,6 +355,18 @@ def test_run_folder_and_tensorboard(tmp_path):
     assert "config/text_summary" in acc.Tags()["tensors"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["peak_rss_mb"] > 0 and summary["lifetimes_per_s"] > 0
+
+
+def test_eval_tasks_of_other_sizes(tmp_path):
+    """Size-independent meta-parameters (VSML) are meta-tested on larger inputs; others get a clear error."""
+    bigger = {"env_id": "rulegym/Random-v0", "options": {"x_shape": 10, "n_images": 3, "n_classes": 4, "lifetime_length": 6}}
+    small = {**RANDOM, "options": {**RANDOM["options"], "lifetime_length": 6}}
+    cfg = bptt(agent="vsml", agent_options={"state_size": 4, "msg_size": 2, "ticks": 1}, tasks=[small], eval_tasks=[small, bigger],
+               iterations=1, batch_size=2, eval_lifetimes=2, tensorboard=False)
+    _, logs = meta_train(cfg, tmp_path / "vsml")
+    assert 0.0 <= logs[-1]["meta_test/Random#1/accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="x_dim=10, n_classes=4.*meta-parameters whose shapes depend"):
+        BPTTLearner(bptt(eval_tasks=[bigger]))
 
 
 def test_cli(tmp_path, capsys):

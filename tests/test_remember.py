@@ -268,7 +268,7 @@ def test_fig1_findings_read_the_numbers():
 
 @pytest.mark.skipif(not __import__("os").environ.get("RULEGYM_DATA"), reason="needs RULEGYM_DATA for the Wizard of Oz text")
 def test_fig1_micro_run_writes_tables_and_figure(tmp_path):
-    from rulegym.train.experiments.gregor_fig1 import Budget, run_fig1
+    from rulegym.train.experiments.gregor_fig1 import Budget, report_fig1, run_fig1
 
     b = Budget(name="micro", steps=20, num_envs=1, ops_h=("gated",), ops_w=("mlp", "gated"), grid_seeds=1, seeds=1,
                state_sizes=(2, 3), grid_state=2, neurons=2, op_hidden=4, embed_dim=2, neuron_scaling=(2,), lstm_sizes=(4,))
@@ -277,3 +277,4 @@ def test_fig1_micro_run_writes_tables_and_figure(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     assert len(res["findings"]) == 6
     assert "| 80 | LSTM 4 |" in (tmp_path / "summary.md").read_text()
+    assert report_fig1(tmp_path) == res["findings"]  # tables and figure rebuild from runs.csv

@@ -24,10 +24,12 @@ Run it::
 
     RULEGYM_DATA=../shared/data python -m rulegym.train.experiments.gregor_fig1 --quick --out runs/gregor_fig1_quick
 
-``--quick`` (about 10 minutes on 2 cores) uses OP_h, OP_w in {MLP, LSTM, GATED}, one seed on
-that grid, two seeds for the state-size, baseline and scaling comparisons, 16 hidden neurons
-and short streams; ``--budget small`` / ``full`` grow towards the paper (all six OPs, more
-seeds, longer streams; the paper trained for days on GPUs).
+``--quick`` (about 10 minutes on 2 cores: 12 CPU-minutes, 12.8 min wall on a shared 2-core
+machine) uses OP_h, OP_w in {MLP, LSTM, GATED}, one seed on that grid, two seeds for the
+state-size, baseline and scaling comparisons, 16 hidden neurons and 1000-step streams (100
+meta-updates); ``--budget small`` / ``full`` grow towards the paper (all six OPs, more seeds,
+longer streams; the paper trained far longer, on GPUs). ``--report-only --out DIR`` rewrites
+the tables and the figure of a finished run folder.
 """
 
 from __future__ import annotations
@@ -246,6 +248,20 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda s: (s["delay"], s["kind"] != "vsn", s["final_mean"]))
 
 
+def grid_rows(rows: list[dict[str, Any]], budget: Budget) -> list[dict[str, Any]]:
+    """Every VSN run with the grid's state size and neurons (all seeds, whichever comparison ran it)."""
+    return [
+        r for r in rows
+        if r["kind"] == "vsn" and r["state_size"] == budget.grid_state and r["neurons"] == budget.neurons
+        and r["op_h"] in budget.ops_h and r["op_w"] in budget.ops_w
+    ]
+
+
+def grid_cell(grid: list[dict[str, Any]], delay: int, op_h: str, op_w: str, key: str = "final_loss_bits") -> float:
+    """Mean over seeds of one OP_h x OP_w cell."""
+    return _mean((r for r in grid if r["delay"] == delay and r["op_h"] == op_h and r["op_w"] == op_w), key)
+
+
 def _mean(rows: Iterable[dict], key: str = "final_loss_bits") -> float:
     vals = [r[key] for r in rows]
     return float(np.mean(vals)) if vals else math.nan
@@ -254,11 +270,12 @@ def _mean(rows: Iterable[dict], key: str = "final_loss_bits") -> float:
 def findings(rows: list[dict[str, Any]], budget: Budget) -> list[str]:
     """The paper's Figure-1 claims, each checked against these runs with its numbers."""
     lines = []
-    grid = [r for r in rows if "grid" in r["groups"]]
+    grid = grid_rows(rows, budget)
     big = max(budget.delays)
 
-    def by_op_w(delay: int) -> dict[str, float]:
-        return {w: _mean(r for r in grid if r["delay"] == delay and r["op_w"] == w) for w in budget.ops_w}
+    def by_op_w(delay: int, key: str = "final_loss_bits") -> dict[str, float]:
+        """Per OP_w: the mean over OP_h of each cell's mean over seeds."""
+        return {w: float(np.nanmean([grid_cell(grid, delay, h, w, key) for h in budget.ops_h])) for w in budget.ops_w}
 
     noise = seed_spread(rows)
 
@@ -284,8 +301,8 @@ def findings(rows: list[dict[str, Any]], budget: Budget) -> list[str]:
         parts, fails = [], []
         for d in budget.delays:
             m = by_op_w(d)
-            gain = {w: _mean(r for r in grid if r["delay"] == d and r["op_w"] == w) - _mean(
-                (r for r in grid if r["delay"] == d and r["op_w"] == w), "early_loss_bits") for w in budget.ops_w}
+            early = by_op_w(d, "early_loss_bits")
+            gain = {w: m[w] - early[w] for w in budget.ops_w}
             worst = max(m, key=m.get)
             fails.append(worst == "mlp")
             parts.append(
@@ -400,7 +417,7 @@ def plot(out: Path, rows: list[dict], budget: Budget) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = [r for r in rows if "grid" in r["groups"]]
+    grid = grid_rows(rows, budget)
     nd = len(budget.delays)
     fig, axes = plt.subplots(1, nd + 1, figsize=(4.6 * (nd + 1), 4.2))
     vals = [r["final_loss_bits"] for r in grid] or [0.0, 1.0]
@@ -409,8 +426,7 @@ def plot(out: Path, rows: list[dict], budget: Budget) -> Path:
         m = np.full((len(budget.ops_h), len(budget.ops_w)), np.nan)
         for i, oh in enumerate(budget.ops_h):
             for j, ow in enumerate(budget.ops_w):
-                v = _mean(r for r in grid if r["delay"] == d and r["op_h"] == oh and r["op_w"] == ow)
-                m[i, j] = v
+                m[i, j] = grid_cell(grid, d, oh, ow)
         im = ax.imshow(m, cmap="viridis_r", vmin=vmin, vmax=vmax)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
@@ -420,7 +436,7 @@ def plot(out: Path, rows: list[dict], budget: Budget) -> Path:
         ax.set_yticks(range(len(budget.ops_h)), budget.ops_h)
         ax.set_xlabel("OP_w (synapse update)")
         ax.set_ylabel("OP_h (neuron update)")
-        ax.set_title(f"final loss (bits/char), delay {d}\nstate {budget.grid_state}")
+        ax.set_title(f"final loss (bits/char, mean over seeds), delay {d}\nstate {budget.grid_state}, {budget.neurons} hidden neurons")
         fig.colorbar(im, ax=ax, fraction=0.046)
     ax = axes[-1]
     summ = summarize(rows)
@@ -495,11 +511,35 @@ def run_fig1(out_dir: str | os.PathLike, budget: str | Budget = "quick", *, work
         out / "curves.npz",
         **{f"{r['row']['config']}|d{r['row']['delay']}|s{r['row']['seed']}|{part}": r[part] for r in results for part in ("online", "remember")},
     )
+    (out / "wall.json").write_text(json.dumps({"wall_seconds": seconds, "workers": workers}))
     found = write_tables(out, rows, budget, seconds)
     fig = plot(out, rows, budget)
     return {"summary": summarize(rows), "findings": found, "seconds": seconds, "paths": {
         "runs": str(out / "runs.csv"), "summary_md": str(out / "summary.md"), "summary_csv": str(out / "summary.csv"),
         "figure": str(fig), "curves": str(out / "curves.npz")}}
+
+
+_INT_FIELDS = ("delay", "state_size", "neurons", "seed", "meta_parameters", "network_parameters")
+
+
+def report_fig1(out_dir: str | os.PathLike) -> list[str]:
+    """Rewrite the tables and the figure of a finished run folder from its runs.csv (no training)."""
+    out = Path(out_dir)
+    cfg = json.loads((out / "config.json").read_text())["budget"]
+    budget = Budget(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v for k, v in cfg.items()})
+    with open(out / "runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            if k in _INT_FIELDS:
+                r[k] = int(v)
+            elif k.endswith("_bits") or k == "seconds":
+                r[k] = float(v)
+    wall = out / "wall.json"
+    seconds = json.loads(wall.read_text())["wall_seconds"] if wall.exists() else math.nan
+    found = write_tables(out, rows, budget, seconds)
+    plot(out, rows, budget)
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -508,7 +548,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="the ~10-minute budget (same as --budget quick)")
     ap.add_argument("--budget", choices=sorted(BUDGETS), default=None, help="quick (default), small or full")
     ap.add_argument("--workers", type=int, default=2, help="parallel processes, one torch thread each (default 2)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite tables and figure of --out from its runs.csv")
     args = ap.parse_args(argv)
+    if args.report_only:
+        if not args.out:
+            ap.error("--report-only needs --out (a finished run folder).")
+        report_fig1(args.out)
+        print((Path(args.out) / "summary.md").read_text())
+        return
     name = "quick" if args.quick or args.budget is None else args.budget
     if args.quick and args.budget not in (None, "quick"):
         ap.error("--quick and --budget disagree; give one of them.")
