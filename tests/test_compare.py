@@ -110,3 +110,23 @@ def test_config_validation_names_the_problem(tmp_path):
         bad.write_text("agents = [")
         load_compare_config(bad)
     assert main(["compare", "--set", "lifetimes=-1"]) == 2
+
+
+def test_eval_runs_saved_meta_parameters(tmp_path, no_data, capsys):
+    import torch
+
+    from rulegym.agents import make_agent
+
+    path = tmp_path / "sgd.pt"
+    torch.save(make_agent("sgd", 16, 2, lr=0.05).state_dict(), path)
+    out = tmp_path / "eval"
+    env = '--set=envs=[{"env_id": "rulegym/SumSign-v0", "options": {"x_shape": 16}}]'
+    args = ["eval", "--params", f"sgd={path}", env]
+    assert main([*args, "--out", str(out), *LEAN, *SMALL]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["agents"][0]["params"] == str(path) and len(list((out / "cells").glob("*.npz"))) == 2
+    # parameters that do not fit the agent are refused with the reason
+    bad = tmp_path / "rnn.pt"
+    torch.save(make_agent("meta_rnn", 16, 2, hidden=4).state_dict(), bad)
+    assert main(["eval", "--params", f"meta_rnn={bad}", env, "--out", str(tmp_path / "e2"), *LEAN, *SMALL]) == 2
+    assert "do not fit" in capsys.readouterr().err

@@ -114,6 +114,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """The options `compare` and `eval` share (both run the comparison engine)."""
+    p.add_argument("--config", help="a TOML or JSON compare config (see train/presets/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted keys)")
+    p.add_argument("--agents", nargs="+", help="registered agent names or pretrained rules (default: shipped rules, sgd, adam)")
+    p.add_argument("--envs", nargs="+", help="env ids (default: the embedded ones, see `rulegym list`)")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
+    p.add_argument("--lifetimes", type=int, help="lifetimes per cell (default 16)")
+    p.add_argument("--steps", type=int, help="steps per lifetime (default 500)")
+    p.add_argument("--out", help="run folder (default: runs/compare-<time>); an existing one is resumed")
+    p.add_argument("--quick", action="store_true", help="2 seeds, 8 lifetimes, 200 steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rulegym",
@@ -129,16 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run agents x envs x seeds, each cell a batch of fresh lifetimes; write a run folder "
         "with the summary table (online accuracy, mean and 95%% interval over seeds) and TensorBoard curves.",
     )
-    p_cmp.add_argument("--config", help="a TOML or JSON compare config (see train/presets/)")
-    p_cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted keys)")
-    p_cmp.add_argument("--agents", nargs="+", help="registered agent names or pretrained rules (default: shipped rules, sgd, adam)")
-    p_cmp.add_argument("--envs", nargs="+", help="env ids (default: the embedded ones, see `rulegym list`)")
-    p_cmp.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
-    p_cmp.add_argument("--lifetimes", type=int, help="lifetimes per cell (default 16)")
-    p_cmp.add_argument("--steps", type=int, help="steps per lifetime (default 500)")
-    p_cmp.add_argument("--out", help="run folder (default: runs/compare-<time>); an existing one is resumed")
-    p_cmp.add_argument("--quick", action="store_true", help="2 seeds, 8 lifetimes, 200 steps")
-    p_cmp.add_argument("--no-progress", action="store_true", help="no per-cell progress lines")
+    _run_options(p_cmp)
     p_cmp.set_defaults(func=cmd_compare)
 
     p_train = sub.add_parser(
@@ -157,16 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrained rules, and meta-parameters saved by `rulegym train` (--params AGENT=PATH).",
     )
     p_eval.add_argument("--params", action="append", default=[], metavar="AGENT=PATH", help="saved meta-parameters (a state_dict .pt)")
-    p_eval.add_argument("--agents", nargs="+", help="registered agents or pretrained rules")
-    p_eval.add_argument("--envs", nargs="+", help="env ids (default: the embedded ones)")
-    p_eval.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2)")
-    p_eval.add_argument("--lifetimes", type=int, help="lifetimes per cell (default 16)")
-    p_eval.add_argument("--steps", type=int, help="steps per lifetime (default 500)")
-    p_eval.add_argument("--config", help="a TOML or JSON compare config")
-    p_eval.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p_eval.add_argument("--out", help="run folder (default: runs/compare-<time>)")
-    p_eval.add_argument("--quick", action="store_true", help="2 seeds, 8 lifetimes, 200 steps")
-    p_eval.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _run_options(p_eval)
     p_eval.set_defaults(func=cmd_eval)
 
     p_rep = sub.add_parser(

@@ -39,6 +39,21 @@ class CompareConfigError(ValueError):
     """A compare config key or value is invalid; the message names it and the valid ones."""
 
 
+def _parse_spec(cls, value: Any, what: str, key: str):
+    """A spec from itself, its ``key`` string (agent name / env id) or a table of its fields."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        return cls(value)
+    valid = [f.name for f in fields(cls)]
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(valid))
+        if unknown:
+            raise CompareConfigError(f"unknown {what} key(s) {unknown}; an {what} has keys {valid}.")
+        return cls(**value)
+    raise CompareConfigError(f"an {what} is a {key} or a table with keys {valid}, got {value!r}.")
+
+
 @dataclass
 class AgentSpec:
     """An agent in a comparison: a registered name or a pretrained rule, its options, a label."""
@@ -67,17 +82,7 @@ class AgentSpec:
 
     @classmethod
     def parse(cls, value: Any) -> "AgentSpec":
-        if isinstance(value, AgentSpec):
-            return value
-        if isinstance(value, str):
-            return cls(value)
-        if isinstance(value, Mapping):
-            valid = [f.name for f in fields(cls)]
-            unknown = sorted(set(value) - set(valid))
-            if unknown:
-                raise CompareConfigError(f"unknown agent key(s) {unknown}; an agent has keys {valid}.")
-            return cls(**value)
-        raise CompareConfigError(f"an agent is a name or a table {{name, options, label}}, got {value!r}.")
+        return _parse_spec(cls, value, "agent", "name")
 
     def build(self, x_dim: int, n_classes: int):
         from rulegym.agents import make_agent
@@ -120,17 +125,7 @@ class EnvSpec:
 
     @classmethod
     def parse(cls, value: Any) -> "EnvSpec":
-        if isinstance(value, EnvSpec):
-            return value
-        if isinstance(value, str):
-            return cls(value)
-        if isinstance(value, Mapping):
-            valid = [f.name for f in fields(cls)]
-            unknown = sorted(set(value) - set(valid))
-            if unknown:
-                raise CompareConfigError(f"unknown env key(s) {unknown}; an env has keys {valid}.")
-            return cls(**value)
-        raise CompareConfigError(f"an env is an id or a table {{env_id, options, label}}, got {value!r}.")
+        return _parse_spec(cls, value, "env", "env id")
 
 
 def _default_agents() -> list[Any]:

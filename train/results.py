@@ -194,6 +194,18 @@ def _smooth(curve: np.ndarray, window: int) -> np.ndarray:
         return np.where(den > 0, num / den, np.nan)
 
 
+def _save(fig, stem: Path) -> list[Path]:
+    """Write a figure as PNG and SVG next to each other and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    paths = [stem.with_suffix(ext) for ext in (".png", ".svg")]
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return paths
+
+
 def plot_curves(cells: list[Cell], stem: Path) -> list[Path]:
     """Online accuracy curves, one panel per env, all agents on a shared axis; mean and 95%
     interval over seeds (curves smoothed over a window of ~2% of the lifetime). PNG and SVG."""
@@ -225,14 +237,7 @@ def plot_curves(cells: list[Cell], stem: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("online accuracy")
     axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    paths = []
-    for ext in ("png", "svg"):
-        path = stem.with_suffix("." + ext)
-        fig.savefig(path, dpi=120)
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    return _save(fig, stem)
 
 
 def plot_heatmap(rows: list[dict[str, Any]], metric: str, stem: Path) -> list[Path]:
@@ -256,14 +261,7 @@ def plot_heatmap(rows: list[dict[str, Any]], metric: str, stem: Path) -> list[Pa
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w" if grid[i, j] < 0.6 else "k", fontsize=8)
     ax.set_title(metric)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    paths = []
-    for ext in ("png", "svg"):
-        path = stem.with_suffix("." + ext)
-        fig.savefig(path, dpi=120)
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    return _save(fig, stem)
 
 
 def write_tensorboard(cells: list[Cell], logdir: Path) -> None:
