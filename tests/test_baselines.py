@@ -395,6 +395,7 @@ def test_population_step_equals_loop(vid, name, options):
         loop = [run_lifetime(agent, x, y, state=init[i], step=member_step(i))[0] for i in range(3)]
         state = {k: torch.stack([s[k] for s in init]) for k in init[0]}
         y_prev = err_prev = torch.zeros(2, N_CLASSES)
+        prev = None  # the population's logits of the previous step
         for t in range(5):
             # each member sees its own err_prev: pass per-member observations
             if t == 0:

@@ -14,7 +14,6 @@ import os
 import pathlib
 import pickle
 import struct
-import tarfile
 import zipfile
 
 import numpy as np

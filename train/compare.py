@@ -21,8 +21,6 @@ again (``resume``) skips finished cells.
 from __future__ import annotations
 
 import json
-import math
-import os
 import platform
 import sys
 import time
@@ -30,7 +28,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from rulegym.train import results as res
 
