@@ -183,8 +183,11 @@ class UpdateOp(nn.Module):
         return self.finish(self.first(torch.cat([s, x], dim=-1)), s, c, hebb)
 
 
+@register_agent("vsn")
 class VectorSynapseNet(Agent):
-    """Gregor's vector-synapse network as a rulegym agent (see the module docstring).
+    """Gregor's (2020) vector-synapse network: vector neurons and synapses with shared learned update rules.
+
+    The rulegym agent "vsn" (see the module docstring).
 
     Options:
         state_size: components of every neuron activation and synapse state (>= 2; default 6,
@@ -387,23 +390,3 @@ class VectorSynapseNet(Agent):
             f"layers={[(n, s) for n, s, _ in self.layers]}, op_h={self.op_h.kind!r}, op_w={self.op_w.kind!r}, "
             f"synapses={self.num_synapses()}"
         )
-
-
-@register_agent("vsn")
-def vsn(
-    x_dim: int,
-    n_classes: int,
-    state_size: int = 6,
-    hidden_layers: int = 1,
-    neurons: int = 32,
-    op_h: str = "gated",
-    op_w: str = "gated",
-    op_hidden: int = 32,
-    embed_dim: int = 4,
-    io: str = "separate",
-) -> VectorSynapseNet:
-    """Gregor's (2020) vector-synapse network: vector neurons and synapses with shared learned update rules."""
-    return VectorSynapseNet(
-        x_dim, n_classes, state_size=state_size, hidden_layers=hidden_layers, neurons=neurons, op_h=op_h, op_w=op_w,
-        op_hidden=op_hidden, embed_dim=embed_dim, io=io,
-    )

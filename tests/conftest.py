@@ -14,6 +14,18 @@ from rulegym.envs.data import sources
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the rest of a module: tiny per-step ops lose more to thread
+    hand-offs than they gain (on a busy 2-core machine two OpenMP threads made such tests
+    5-15x slower). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``;
+    module-scoped fixtures that train request it themselves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cifar_root(tmp_path, monkeypatch):
     """A data root holding a generated CIFAR-10 archive whose checksum the table accepts."""

@@ -65,13 +65,7 @@ def _meta_params(agent) -> dict[str, torch.Tensor]:
     return {n: p for n, p in agent.named_parameters() if p.requires_grad}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread here: these tiny per-step ops lose more to thread hand-offs than they gain."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 agents = pytest.mark.parametrize("name", AGENT_NAMES)

@@ -467,18 +467,13 @@ def memorisation_stream(batch: int, steps: int, n_items: int, n_classes: int, g:
     return nn.functional.one_hot(order, n_items).float(), labels.gather(1, order)
 
 
-def test_meta_rnn_learns_to_memorise_by_bptt():
+def test_meta_rnn_learns_to_memorise_by_bptt(one_thread):
     """Labels are new in every lifetime, so only learning within the lifetime beats chance (1/3).
 
     Runs on one thread: its matmuls are tiny, and two OpenMP threads spin-waiting on a busy
     2-core machine made this test 15x slower.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _train_and_check_memorisation()
-    finally:
-        torch.set_num_threads(threads)
+    _train_and_check_memorisation()
 
 
 def _train_and_check_memorisation():

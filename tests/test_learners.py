@@ -41,13 +41,7 @@ RANDOM = {"env_id": "rulegym/Random-v0", "options": {"x_shape": 6, "n_images": 3
 SMALL = {"agent_options": {"hidden": 8}, "tasks": [RANDOM], "progress": False, "eval_lifetimes": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops run fastest (and steadiest on a busy 2-core box) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def bptt(**kw) -> BPTTConfig:

@@ -16,13 +16,7 @@ from rulegym.train.loop import LifetimeResult, env_dims, evaluate, rollout, run_
 ENV_ID, OPTS = "rulegym/SumSign-v0", {"x_shape": 8, "lifetime_length": 30}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tiny per-step ops lose more to thread hand-offs than they gain."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _setup(num_envs=4, name="sgd", **agent_options):

@@ -25,13 +25,7 @@ B, STEPS = 3, 200
 ENV_ID, ENV_OPTS = "rulegym/Random-v0", {"x_shape": 24, "n_classes": 5, "n_images": 12, "lifetime_length": STEPS}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these tiny per-step ops lose more to thread hand-offs than they gain."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 class Bounded(nn.Module):

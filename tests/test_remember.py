@@ -21,13 +21,7 @@ from rulegym.learners.remember import (
 from rulegym.train.loop import run_lifetime
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These small sequential steps run fastest on one thread (two threads thrash on a busy box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 class CycleTask(Task):

@@ -15,17 +15,11 @@ from rulegym.train.loop import run_lifetime
 ENV_ID, OPTS = "rulegym/SumSign-v0", {"x_shape": 16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """SB3's small MLPs train fastest on one thread (and the suite may use at most two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def ppo_agent() -> SB3Agent:
+def ppo_agent(one_thread) -> SB3Agent:
     return train_sb3(ENV_ID, 4096, env_options=OPTS, seed=0)
 
 
