@@ -214,11 +214,11 @@ class VSML(Agent):
         msg = torch.einsum("mn,lnx->lxm", proj.weight, h_mean) + proj.bias
         return self.norm(msg) if self.norm is not None else msg
 
-    def _forward_msg(self, k: int, h: Tensor) -> Tensor:
-        """Forward message of layer k: the mean over its inputs. A dense layer's h is
-        [L, N, outputs, inputs]; the conv layer's per-position outputs [L, N, channels, patch,
-        positions] are sent per (channel, position)."""
-        return self._send(self._msg(k).fwd, h.mean(dim=3).flatten(2))
+    def _forward_msg(self, k: int, h_mean: Tensor) -> Tensor:
+        """Forward message of layer k from its hidden states averaged over its inputs: [L, N,
+        outputs] for a dense layer, [L, N, channels, positions] for the conv layer (sent per
+        channel and position)."""
+        return self._send(self._msg(k).fwd, h_mean.flatten(2))
 
     def _backward_msg(self, k: int, h: Tensor) -> Tensor:
         """Backward message of dense layer k (k > 0): the mean over its outputs, per input."""
@@ -239,18 +239,22 @@ class VSML(Agent):
         return F.pad(msg, (0, self.msg_size - msg.shape[-1]))
 
     def _ticks(self, k: int, h: Tensor, c: Tensor, m_in: Tensor, d_in: Tensor, backward: bool = False):
-        """Tick layer k; returns (h, c, out) with ``out`` the hidden states its forward message reads."""
+        """Tick layer k; returns (h, c, h_mean): h_mean the new hidden states averaged over the
+        layer's inputs, which its forward message reads."""
         cell = self._cell(k, backward)
         if self.conv and k == 0:
             gate_a = torch.einsum("gm,lkpm->lgkp", cell.w_fwd, m_in)
             d = d_in.reshape(d_in.shape[0], self.conv_channels, self.positions, self.msg_size)
             gate_b = torch.einsum("gm,lopm->lgop", cell.w_bwd, d) + cell.bias[:, None, None]
-            return kernels.conv_lstm_ticks(h, c, cell.u, gate_a, gate_b, self.clip_state, self.ticks)
-        # input parts of the gates: once per input a and once per output b, then broadcast
-        gate_a = torch.einsum("gm,lam->lga", cell.w_fwd, m_in)
-        gate_b = torch.einsum("gm,lbm->lgb", cell.w_bwd, d_in) + cell.bias[:, None]
-        h, c = kernels.lstm_ticks(h, c, cell.u, gate_a, gate_b, self.clip_state, self.ticks)
-        return h, c, h
+            h, c, h_pos = kernels.conv_lstm_ticks(h, c, cell.u, gate_a, gate_b, self.clip_state, self.ticks)
+            return h, c, h_pos.mean(dim=3)
+        # the backward part of the gates once per output b (the input part, once per input a,
+        # is formed by the tick); both are broadcast over the connections
+        gate_b = torch.baddbmm(cell.bias[:, None], cell.w_bwd.expand(d_in.shape[0], -1, -1), d_in.transpose(1, 2))
+        args = (h, c, cell.u, cell.w_fwd, m_in, gate_b, self.clip_state, self.ticks)
+        if backward:  # a backward pass sends no forward message
+            return (*kernels.lstm_ticks(*args), None)
+        return kernels.lstm_ticks(*args, mean_inputs=True)
 
     # ------------------------------------------------------------------ step
     def _step(self, obs: Obs, state: State):
@@ -272,8 +276,8 @@ class VSML(Agent):
             d = err_msg if k == self.n_layers - 1 else self._backward_msg(k + 1, hs[k + 1])
             if self.backward_pass:
                 new[f"m{k}"] = m
-            hs[k], cs[k], out = self._ticks(k, hs[k], cs[k], m, d)
-            m = self._forward_msg(k, out)
+            hs[k], cs[k], h_mean = self._ticks(k, hs[k], cs[k], m, d)
+            m = self._forward_msg(k, h_mean)
         for k in range(self.n_layers):
             new[f"h{k}"], new[f"c{k}"] = hs[k], cs[k]
         return bound_logits(m[..., 0]), new

@@ -9,7 +9,7 @@ bias), broadcast over the connections. With inputs innermost both broadcasts vec
 runs along the contiguous axis and gate_b is a scalar per inner row (inputs outermost with
 B = 10 innermost made each add 4x slower).
 
-Three implementations of the same tick:
+Four implementations of the same tick:
 
 * :func:`lstm_tick_reference` -- plain tensor code; used under ``torch.func`` transforms
   (population vmap) and as the definition the others are tested against.
@@ -20,6 +20,9 @@ Three implementations of the same tick:
 * :class:`LSTMTick` -- an autograd Function with the same chunked forward; its backward
   recomputes the gates chunk by chunk from the saved input state, so a lifetime's graph keeps
   only the states, never the [L, 4N, A, B] gate activations.
+* the native tick (:mod:`rulegym.agents.vsml_native`) -- a compiled kernel that runs all ticks
+  of a step per block of 16 connections in registers; it replaces the no-grad path for float32
+  on the CPU when a C++ compiler is there (``USE_NATIVE``; ``RULEGYM_NATIVE=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rulegym.agents import vsml_native
+
+#: use the compiled tick for no-grad float32 CPU ticks where it is available
+USE_NATIVE = True
 #: connections per chunk: the [4N, chunk] gate buffer (2 MB at N = 16) stays in cache
 CHUNK_CONNECTIONS = 8192
 
@@ -234,23 +241,49 @@ def _is_transformed(*tensors: Tensor) -> bool:
     return any(is_wrapped(t) for t in tensors)
 
 
-def lstm_ticks(h: Tensor, c: Tensor, u: Tensor, gate_a: Tensor, gate_b: Tensor, clip: float | None, ticks: int = 1):
-    """``ticks`` ticks of every sub-LSTM with the same inputs; returns the new (h, c).
+def gate_inputs(w_fwd: Tensor, m_in: Tensor) -> Tensor:
+    """The input part of the gates, w_fwd m_a for every input a: [L, 4N, A] from m_in [L, A, M]."""
+    return torch.matmul(w_fwd, m_in.transpose(-1, -2))
+
+
+def lstm_ticks(
+    h: Tensor,
+    c: Tensor,
+    u: Tensor,
+    w_fwd: Tensor,
+    m_in: Tensor,
+    gate_b: Tensor,
+    clip: float | None,
+    ticks: int = 1,
+    mean_inputs: bool = False,
+) -> tuple[Tensor, ...]:
+    """``ticks`` ticks of every sub-LSTM with the same inputs; returns the new (h, c), and with
+    ``mean_inputs`` also the new h averaged over the inputs, [L, N, B] (what a forward message
+    reads; the native tick sums it while storing h).
+
+    The gates read w_fwd [4N, M] times the forward message m_in [L, A, M] arriving at each
+    input, plus gate_b [L, 4N, B] (backward message part and bias) of each output.
 
     Picks the path: the reference under torch.func transforms, the autograd Function when a
-    gradient is needed, else the chunked in-place path, which allocates the new state once
-    and updates it in place for the remaining ticks (the caller's state is never modified).
+    gradient is needed, else the native tick where it applies (it forms the input part of the
+    gates per block, never as an [L, 4N, A] tensor), else the chunked in-place path, which
+    allocates the new state once and updates it in place for the remaining ticks (the
+    caller's state is never modified).
     """
-    if _is_transformed(h, c, u, gate_a, gate_b):
+    if _is_transformed(h, c, u, w_fwd, m_in, gate_b):
+        gate_a = gate_inputs(w_fwd, m_in)
         for _ in range(ticks):
             h, c = lstm_tick_reference(h, c, u, gate_a, gate_b, clip)
-        return h, c
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (h, c, u, gate_a, gate_b)):
+    elif torch.is_grad_enabled() and any(t.requires_grad for t in (h, c, u, w_fwd, m_in, gate_b)):
+        gate_a = gate_inputs(w_fwd, m_in)
         for _ in range(ticks):
             h, c = LSTMTick.apply(h, c, u, gate_a, gate_b, clip)
-        return h, c
-    n = h.shape[1]
-    u2, ga2, gb2 = _doubled_g(u, gate_a, gate_b, n)
-    h_out, c_out = torch.empty_like(h), torch.empty_like(c)
-    _tick_chunks(h, c, h_out, c_out, u2, ga2, gb2, clip, ticks=ticks)
-    return h_out, c_out
+    elif USE_NATIVE and vsml_native.supports(h, m_in, c, u, w_fwd, gate_b):
+        return vsml_native.lstm_ticks(h, c, u, w_fwd, m_in, gate_b, clip, ticks, mean_inputs)
+    else:
+        n = h.shape[1]
+        u2, ga2, gb2 = _doubled_g(u, gate_inputs(w_fwd, m_in), gate_b, n)
+        h_out, c_out = torch.empty_like(h), torch.empty_like(c)
+        _tick_chunks(h, c, h_out, c_out, u2, ga2, gb2, clip, ticks=ticks)
+        h, c = h_out, c_out
+    return (h, c, h.mean(dim=3)) if mean_inputs else (h, c)

@@ -10,6 +10,7 @@ import torch
 
 import rulegym.envs  # noqa: F401
 from rulegym.agents import make_agent, population_step, stack_params
+from rulegym.agents import vsml_native
 from rulegym.agents.vsml import VSML
 from rulegym.agents.vsml_kernels import LSTMTick, lstm_tick_reference, lstm_ticks
 from rulegym.agents.vsml_theory import dense_equivalent, simple_rnn_form_step
@@ -44,27 +45,43 @@ def test_theorem1_simple_rnn_form_equals_a_standard_rnn(a):
     assert all(torch.isclose(values, v).any() for v in nonzero.unique())
 
 
+def tick_inputs(shape, msg: int = 8, seed: int = 1):
+    L, n, b, a = shape  # state [lifetimes, N, outputs, inputs]
+    g = torch.Generator().manual_seed(seed)
+    h, c = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    u = torch.randn(4 * n, n, generator=g) * 0.5
+    w = torch.randn(4 * n, msg, generator=g) * 0.5
+    m = torch.randn(L, a, msg, generator=g)
+    gb = torch.randn(L, 4 * n, b, generator=g)
+    return h, c, u, w, m, gb
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 3, 5), (2, 16, 10, 700), (1, 8, 5, 2100), (1, 4, 9, 1000)])
 @pytest.mark.parametrize("clip", [None, 0.5])
 @pytest.mark.parametrize("save_gates", [True, False])
-def test_fast_tick_equals_reference(shape, clip, save_gates, monkeypatch):
-    """The chunked in-place path and the autograd Function compute the reference tick."""
+@pytest.mark.parametrize("native", [True, False])
+def test_fast_tick_equals_reference(shape, clip, save_gates, native, monkeypatch):
+    """The chunked in-place path, the native tick and the autograd Function compute the reference tick."""
     import rulegym.agents.vsml_kernels as kernels
 
+    if native and not vsml_native.available():
+        pytest.skip("no C++ compiler for the native tick")
     monkeypatch.setattr(kernels, "SAVE_GATES_BYTES", 1 << 40 if save_gates else 0)
-    L, n, b, a = shape  # state [lifetimes, N, outputs, inputs]
-    g = torch.Generator().manual_seed(1)
-    h, c = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
-    u = torch.randn(4 * n, n, generator=g) * 0.5
-    ga, gb = torch.randn(L, 4 * n, a, generator=g), torch.randn(L, 4 * n, b, generator=g)
+    monkeypatch.setattr(kernels, "USE_NATIVE", native)
+    h, c, u, w, m, gb = tick_inputs(shape)
+    ga = kernels.gate_inputs(w, m)
     h0, c0 = h.clone(), c.clone()
     with torch.no_grad():
         ref = lstm_tick_reference(*lstm_tick_reference(h, c, u, ga, gb, clip), u, ga, gb, clip)
-        fast = lstm_ticks(h, c, u, ga, gb, clip, ticks=2)
+        fast = lstm_ticks(h, c, u, w, m, gb, clip, ticks=2, mean_inputs=True)
     torch.testing.assert_close(fast[0], ref[0], rtol=1e-5, atol=2e-6)
     torch.testing.assert_close(fast[1], ref[1], rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(fast[2], ref[0].mean(dim=3), rtol=1e-5, atol=2e-6)
     assert torch.equal(h, h0) and torch.equal(c, c0)  # the caller's state is not modified
+    if native:
+        return
     # gradients of the memory-lean autograd Function equal autograd through the reference
+    g = torch.Generator().manual_seed(2)
     args = [t.double().requires_grad_() for t in (h, c, u, ga, gb)]
     wh, wc = torch.randn(shape, dtype=torch.float64, generator=g), torch.randn(shape, dtype=torch.float64, generator=g)
     out = LSTMTick.apply(*args, clip)
