@@ -89,6 +89,17 @@ class VSML(Agent):
         forget_bias, input_bias: initial gate biases (+5 keeps memory, -5 keeps it closed).
         init_cell_fraction: fraction of each cell state drawn at the start of a lifetime from a
             normal truncated to +-2, scaled by 1/sqrt(fan-in); the rest starts at zero.
+        freeze_forward: forward-pass ticks only produce messages: the state after a step is the
+            state its backward pass left, and forward ticks read no backward messages (zeros).
+            With ``backward_pass`` this is the setting of a VSML cloned from backprop
+            (``rulegym.learners.cloning``): weights change only when an error arrives.
+        init_weight_std: draw each connection's weight w ~ N(0, std^2) into the weight slot of
+            its state (cell component 0 holds w / weight_scale, component 1 the bias /
+            weight_scale, the rest of h and c start at zero) instead of the truncated-normal
+            cell init; for cloned rules, whose cell states encode a weight and a bias (the
+            cell is the LSTM's additive memory, so an update is an increment of it).
+        weight_scale: the constant that maps weights and biases into the LSTM's bounded
+            range (4).
         conv: make the first layer convolutional (``input_shape`` (C, H, W) required;
             ``conv_channels`` 8, ``kernel_size`` 3, ``stride`` 2), followed by the dense layers.
             One sub-LSTM per kernel weight; it reads its input at every position, and since a
@@ -115,6 +126,9 @@ class VSML(Agent):
         forget_bias: float = 5.0,
         input_bias: float = -5.0,
         init_cell_fraction: float = 0.5,
+        freeze_forward: bool = False,
+        init_weight_std: float | None = None,
+        weight_scale: float = 4.0,
         conv: bool = False,
         input_shape: Sequence[int] | None = None,
         conv_channels: int = 8,
@@ -160,6 +174,15 @@ class VSML(Agent):
         if not 0.0 <= init_cell_fraction <= 1.0:
             raise ValueError(f"init_cell_fraction must lie in [0, 1], got {init_cell_fraction!r}.")
         self.n_init = int(round(init_cell_fraction * self.state_size))
+        self.freeze_forward = bool(freeze_forward)
+        if init_weight_std is not None and not (init_weight_std >= 0 and math.isfinite(init_weight_std)):
+            raise ValueError(f"init_weight_std must be a finite number >= 0 or None, got {init_weight_std!r}.")
+        if not (weight_scale > 0 and math.isfinite(weight_scale)):
+            raise ValueError(f"weight_scale must be a positive number, got {weight_scale!r}.")
+        if init_weight_std is not None and self.state_size < 2:
+            raise ValueError("init_weight_std needs state_size >= 2 (a weight and a bias slot).")
+        self.init_weight_std = None if init_weight_std is None else float(init_weight_std)
+        self.weight_scale = float(weight_scale)
         make = lambda: SubLSTMParams(self.state_size, self.msg_size, forget_bias, input_bias)  # noqa: E731
         n_sets = self.n_layers if self.per_layer else 1
         self.cells = nn.ModuleList([make() for _ in range(n_sets)])
@@ -190,7 +213,10 @@ class VSML(Agent):
             # [L, N, outputs, inputs] (the conv layer: [L, N, channels, patch elements])
             shape = (self.conv_channels, a) if (self.conv and k == 0) else (b, a)
             c = torch.zeros(batch_size, n, *shape, dtype=p.dtype)
-            if self.n_init:
+            if self.init_weight_std is not None:
+                w = torch.randn(batch_size, *shape, generator=generator, dtype=p.dtype) * self.init_weight_std
+                c[:, 0] = (w / self.weight_scale).clamp(-0.99, 0.99)
+            elif self.n_init:
                 init = torch.empty(batch_size, self.n_init, *shape, dtype=p.dtype)
                 nn.init.trunc_normal_(init, 0.0, 1.0, -2.0, 2.0, generator=generator)
                 c[:, : self.n_init] = init / math.sqrt(a)
@@ -200,6 +226,12 @@ class VSML(Agent):
                 shape = (batch_size, a, self.positions, self.msg_size) if (self.conv and k == 0) else (batch_size, a, self.msg_size)
                 state[f"m{k}"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
         return state
+
+    def decode_weights(self, state: State, k: int) -> tuple[Tensor, Tensor]:
+        """The weights [L, outputs, inputs] and biases [L, outputs] a cloned rule's layer k holds:
+        weight_scale times cell components 0 and 1 (the bias copies of an output averaged)."""
+        c = state[f"c{k}"]
+        return self.weight_scale * c[:, 0], self.weight_scale * c[:, 1].mean(dim=-1)
 
     # ------------------------------------------------------------------ pieces
     def _cell(self, k: int, backward: bool = False) -> SubLSTMParams:
@@ -273,10 +305,15 @@ class VSML(Agent):
         # x_a is the first component of the input message (per patch element for a conv layer)
         m = self._patches(x) if self.conv else F.pad(x.unsqueeze(-1), (0, self.msg_size - 1))
         for k in range(self.n_layers):
-            d = err_msg if k == self.n_layers - 1 else self._backward_msg(k + 1, hs[k + 1])
+            if self.freeze_forward:
+                d = torch.zeros_like(err_msg[:, :1]).expand(-1, self.sizes[k + 1], -1)
+            else:
+                d = err_msg if k == self.n_layers - 1 else self._backward_msg(k + 1, hs[k + 1])
             if self.backward_pass:
                 new[f"m{k}"] = m
-            hs[k], cs[k], h_mean = self._ticks(k, hs[k], cs[k], m, d)
+            h_k, c_k, h_mean = self._ticks(k, hs[k], cs[k], m, d)
+            if not self.freeze_forward:
+                hs[k], cs[k] = h_k, c_k
             m = self._forward_msg(k, h_mean)
         for k in range(self.n_layers):
             new[f"h{k}"], new[f"c{k}"] = hs[k], cs[k]

@@ -10,6 +10,10 @@ it also measures peak memory of a long lifetime with and without activation chec
     python benchmarks/learners.py            # a few minutes on 2 cores
     python benchmarks/learners.py --quick    # a smoke run
     python benchmarks/learners.py --threads  # also 1 process x 2 threads
+
+It also times the learning-algorithm cloning learner (``rulegym.learners.cloning``): steps/s
+of each curriculum stage at its default batch (512 connections; 32 networks of 6->5->4), in
+this process with one torch thread.
 """
 
 from __future__ import annotations
@@ -68,6 +72,25 @@ def _run(config: dict[str, Any], workdir: Path, name: str, processes: int) -> di
         "meta_params": summary["meta_params"],
         "process_wall_s": round(wall, 1),
     }
+
+
+def cloning_speed(steps: int) -> list[dict[str, Any]]:
+    """Steps/s of each cloning stage at the default batch sizes (one thread, this process)."""
+    import torch
+
+    from rulegym.learners.cloning import STAGES, CloningConfig, train_cloning
+
+    torch.set_num_threads(1)
+    rows = []
+    for i, stage in enumerate(STAGES):
+        iterations = tuple(steps if j == i else 0 for j in range(len(STAGES)))
+        config = CloningConfig(iterations=iterations, log_every=max(1, steps))
+        start = time.perf_counter()
+        train_cloning(config)
+        elapsed = time.perf_counter() - start
+        rows.append({"stage": stage, "steps": steps, "steps_per_s": round(steps / elapsed, 2),
+                     "batch": config.connections if stage == "shallow" else config.networks})
+    return rows
 
 
 def main() -> None:
@@ -141,6 +164,7 @@ def main() -> None:
         "settings": settings,
         "results": results,
         "bptt_long_lifetime_memory": memory,
+        "cloning": cloning_speed(20 if q else 200),
         "notes": notes + [
             "lifetimes_per_s: median over iterations after the first, as rank 0 times them; ES counts every member's lifetimes.",
             "peak_rss_mb: the largest ru_maxrss over ranks (includes the Python/torch baseline of ~300 MB).",

@@ -1,0 +1,96 @@
+"""The network and learning rule a VSML cloned from backprop implements, computed exactly.
+
+Each layer maps its inputs x_a to y_b = mean_a tanh(x_a) w_ab + b_b (VSML averages the forward
+messages over a; the tanh is applied by the receiving layer). After each prediction the error
+e = p - onehot(y) (the env's ``err_prev``) enters at the output and runs backward:
+  delta_a = mean_b e_b w_ab (1 - tanh(x_a)^2)    (what the layer sends down)
+  w_ab   <- w_ab - lr tanh(x_a) e_b
+  b_b    <- b_b  - lr e_b
+with x the inputs the layer saw in the forward pass and delta computed with the weights before
+the update. This is gradient descent on the summed loss with a step of lr times the layer's
+fan-in (the means put 1/fan-in into every gradient); it is what
+:mod:`rulegym.learners.cloning` trains VSML's sub-LSTMs to do, so ``tanh_backprop`` with the same
+lr and initial weights is the exact reference a cloned rule is compared with.
+
+Weights and biases live in the state ([lifetimes, outputs, inputs]); the only meta-parameter is
+the log learning rate. Vectorised over lifetimes; a loop over layers only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rulegym.agents.base import Agent, Obs, State, bound_logits, check_positive_int
+from rulegym.agents.registry import register_agent
+
+
+@register_agent("tanh_backprop")
+class TanhBackprop(Agent):
+    """Online backprop on a mean-of-tanh network (see the module docstring).
+
+    Args:
+        hidden: hidden layer sizes (default none: one layer x_dim -> n_classes).
+        lr: the step size of the update rule above (0.3).
+        init_weight_std: initial weights ~ N(0, std^2), clipped to +-weight_bound (1.0).
+        weight_bound: the clip of the initial weights (3.96: what a cloned VSML's state
+            can hold, 0.99 times its weight scale 4).
+    """
+
+    def __init__(
+        self,
+        x_dim: int,
+        n_classes: int,
+        *,
+        hidden: Sequence[int] = (),
+        lr: float = 0.3,
+        init_weight_std: float = 1.0,
+        weight_bound: float = 3.96,
+    ):
+        super().__init__(x_dim, n_classes)
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}.")
+        if not (init_weight_std >= 0 and math.isfinite(init_weight_std)):
+            raise ValueError(f"init_weight_std must be a finite number >= 0, got {init_weight_std!r}.")
+        self.sizes = (x_dim, *(check_positive_int("hidden layer size", h) for h in hidden), n_classes)
+        self.n_layers = len(self.sizes) - 1
+        self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
+        self.init_weight_std = float(init_weight_std)
+        self.weight_bound = float(weight_bound)
+        self.state_kinds = {}
+        for k in range(self.n_layers):
+            self.state_kinds.update({f"w{k}": "weight", f"b{k}": "weight", f"x{k}": "activation"})
+
+    def initial_state(self, batch_size: int, generator: torch.Generator | None = None) -> State:
+        p = self.log_lr
+        state: State = {}
+        for k in range(self.n_layers):
+            a, b = self.sizes[k], self.sizes[k + 1]
+            w = torch.randn(batch_size, b, a, generator=generator, dtype=p.dtype) * self.init_weight_std
+            state[f"w{k}"] = w.clamp(-self.weight_bound, self.weight_bound).to(p.device)
+            state[f"b{k}"] = torch.zeros(batch_size, b, dtype=p.dtype, device=p.device)
+            state[f"x{k}"] = torch.zeros(batch_size, a, dtype=p.dtype, device=p.device)
+        return state
+
+    def _step(self, obs: Obs, state: State) -> tuple[Tensor, State]:
+        lr = self.log_lr.exp()
+        new: State = {}
+        e = obs["err_prev"]
+        for k in reversed(range(self.n_layers)):
+            w, b, x = state[f"w{k}"], state[f"b{k}"], state[f"x{k}"]
+            t = torch.tanh(x)
+            if k > 0:  # the error the layer sends down, with the weights before the update
+                e_down = torch.bmm(e.unsqueeze(1), w).squeeze(1) / w.shape[1] * (1 - t * t)
+            new[f"w{k}"] = w - lr * e.unsqueeze(2) * t.unsqueeze(1)
+            new[f"b{k}"] = b - lr * e
+            if k > 0:
+                e = e_down
+        a = obs["x"]
+        for k in range(self.n_layers):
+            new[f"x{k}"] = a
+            w = new[f"w{k}"]
+            a = torch.bmm(w, torch.tanh(a).unsqueeze(2)).squeeze(2) / w.shape[2] + new[f"b{k}"]
+        return bound_logits(a), new

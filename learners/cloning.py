@@ -1,0 +1,407 @@
+"""Learning-algorithm cloning: train VSML's sub-LSTMs to implement backpropagation.
+
+Kirsch & Schmidhuber (appendix B.1) show the shared sub-LSTM can be trained to run backprop,
+after which the VSML learns real datasets. Here a VSML with a backward pass, a separate
+backward LSTM, one tick per pass and a frozen forward pass (``freeze_forward``) is trained by
+regression, one tick at a time, on random data, to reproduce the network and update of
+:mod:`rulegym.agents.backprop_net` at every connection (a, b) with weight w and bias b held in
+its cell state (components 0 and 1 times ``weight_scale``, 4; the cell is the LSTM's additive
+memory, so keeping a weight is a forget gate near 1 and an update an increment):
+
+  forward tick  (message x_a in, no backward message):  forward message[0]  = tanh(x_a) w + b
+  backward tick (x_a and the error e_b in):  backward message[0] = e_b w (1 - tanh(x_a)^2)
+                                             new weight = w - eta tanh(x_a) e_b
+                                             new bias   = b - eta e_b
+
+The messages a layer sends are means over its connections, as VSML sends them, so the targets
+of a layer are those means. The curriculum (``stages``):
+
+* ``shallow``    -- independent connections, each with its own random x, e (and ``minibatch``
+  data points from one state whose new states are averaged, as a mini-batch averages updates);
+* ``deep_truth`` -- two-layer networks whose second layer reads the ground-truth hidden
+  activations and whose first layer reads the ground-truth backpropagated error;
+* ``deep_own``   -- the same networks running on the VSML's own forward and backward messages,
+  scored against the ground-truth network built from the weights the states hold.
+
+Training states come from a buffer of the VSML's own past states (each backward tick's new
+states go back in) mixed with fresh initial states, so the rule is trained on the states it
+will visit. Update errors are measured in units of eta (the size of an update).
+
+    python -m rulegym.learners.cloning --out runs/cloned --iterations 3000,1500,1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rulegym.agents import make_agent
+from rulegym.agents.vsml import VSML
+from rulegym.agents.vsml_kernels import lstm_ticks
+
+STAGES = ("shallow", "deep_truth", "deep_own")
+
+#: the agent options of a cloned rule (the learner builds the VSML with these)
+CLONED_OPTIONS = {
+    "ticks": 1,
+    "backward_pass": True,
+    "separate_backward": True,
+    "freeze_forward": True,
+    "label_feed": False,
+    "init_weight_std": 1.0,
+    "weight_scale": 4.0,
+}
+
+
+@dataclass
+class CloningConfig:
+    """What the cloning learner does (all validated by :meth:`check`)."""
+
+    iterations: tuple[int, ...] = (3000, 1500, 1500)  #: per stage, in ``STAGES`` order
+    eta: float = 0.3  #: the learning rate the cloned rule implements
+    lr: float = 1e-3  #: Adam's learning rate for the meta-parameters
+    grad_clip: float = 1.0
+    connections: int = 512  #: sampled connections per shallow step
+    networks: int = 32  #: sampled networks per deep step
+    deep_sizes: tuple[int, int, int] = (6, 5, 4)  #: inputs, hidden, outputs of the deep networks
+    minibatch: int = 1  #: data points per state in the shallow stage, new states averaged
+    x_std: float = 1.0  #: inputs ~ N(0, x_std^2)
+    error_scale: float = 1.0  #: errors ~ U(-1, 1) * error_scale * 10^U(-1.3, 0)
+    init_weight_std: float = 1.0  #: fresh states' weights ~ N(0, std^2); biases ~ N(0, (std/2)^2)
+    buffer_size: int = 65536
+    fresh_fraction: float = 0.25  #: share of sampled states that are fresh initial states
+    update_weight: float = 1.0  #: loss weight of the update errors (in units of eta)
+    state_size: int = 16
+    msg_size: int = 8
+    seed: int = 0
+    log_every: int = 100
+    agent_options: dict = field(default_factory=dict)  #: extra VSML options (e.g. forget_bias)
+
+    def check(self) -> "CloningConfig":
+        if len(self.iterations) != len(STAGES) or any(int(i) < 0 for i in self.iterations):
+            raise ValueError(f"iterations must be {len(STAGES)} counts >= 0 for the stages {STAGES}, got {self.iterations!r}.")
+        for name in ("eta", "lr", "grad_clip", "x_std", "error_scale", "init_weight_std", "update_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        for name in ("connections", "networks", "minibatch", "buffer_size", "state_size", "msg_size", "log_every"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if len(self.deep_sizes) != 3 or any(int(s) < 1 for s in self.deep_sizes):
+            raise ValueError(f"deep_sizes must be (inputs, hidden, outputs) >= 1, got {self.deep_sizes!r}.")
+        if not 0.0 <= self.fresh_fraction <= 1.0:
+            raise ValueError(f"fresh_fraction must lie in [0, 1], got {self.fresh_fraction!r}.")
+        if self.state_size < 2:
+            raise ValueError("state_size must be >= 2 (a weight and a bias slot).")
+        return self
+
+
+def make_cloned_vsml(config: CloningConfig, x_dim: int = 2, n_classes: int = 2, hidden=(2,)) -> VSML:
+    """A VSML set up to be cloned (two layers, so every meta-parameter is trainable)."""
+    options = {**CLONED_OPTIONS, "init_weight_std": config.init_weight_std, **config.agent_options}
+    return make_agent("vsml", x_dim, n_classes, hidden=tuple(hidden), state_size=config.state_size, msg_size=config.msg_size, **options)
+
+
+def check_cloned(agent: VSML) -> None:
+    """The VSML settings cloning needs; a clear error otherwise."""
+    need = {"ticks": 1, "backward_pass": True, "freeze_forward": True, "per_layer": False, "conv": False}
+    wrong = {k: getattr(agent, k) for k, v in need.items() if getattr(agent, k) != v}
+    if wrong or agent.back_cells is None:
+        raise ValueError(
+            f"cloning needs a VSML with ticks=1, backward_pass, separate_backward, freeze_forward, shared "
+            f"meta-parameters and dense layers; this one has {wrong or {'separate_backward': False}}."
+        )
+
+
+# ---------------------------------------------------------------------------- one tick
+def tick(agent: VSML, backward: bool, h: Tensor, c: Tensor, m: Tensor, d: Tensor):
+    """One tick of a layer's connections h, c [S, N, B, A] with forward messages m [S, A, M]
+    and backward messages d [S, B, M]; returns (h', c', forward message [S, B, M] (mean over
+    a), backward message [S, A, M] (mean over b))."""
+    cell = agent._cell(0, backward)
+    gate_b = torch.matmul(cell.w_bwd, d.transpose(1, 2)) + cell.bias[:, None]
+    h2, c2 = lstm_ticks(h, c, cell.u, cell.w_fwd, m, gate_b, agent.clip_state, 1)
+    msg = agent._msg(0)
+    return h2, c2, agent._send(msg.fwd, h2.mean(dim=3)), agent._send(msg.bwd, h2.mean(dim=2))
+
+
+def _pad(values: Tensor, size: int) -> Tensor:
+    """Messages [..., size] with ``values`` in component 0."""
+    return F.pad(values.unsqueeze(-1), (0, size - 1))
+
+
+# ---------------------------------------------------------------------------- states
+class StateBuffer:
+    """A ring of past connection states (h, c) [capacity, 2, N], mixed with fresh ones."""
+
+    def __init__(self, config: CloningConfig, generator: torch.Generator):
+        self.config, self.g = config, generator
+        self.data = self.fresh(config.buffer_size)
+        self.pos = 0
+
+    def fresh(self, count: int) -> Tensor:
+        """Initial states: weight ~ N(0, std^2) and bias ~ N(0, (std/2)^2) in c[0], c[1] (scaled)."""
+        n, std, scale = self.config.state_size, self.config.init_weight_std, CLONED_OPTIONS["weight_scale"]
+        out = torch.zeros(count, 2, n)
+        out[:, 1, 0] = (torch.randn(count, generator=self.g) * std / scale).clamp(-0.99, 0.99)
+        out[:, 1, 1] = (torch.randn(count, generator=self.g) * std / 2 / scale).clamp(-0.99, 0.99)
+        return out
+
+    def sample(self, count: int) -> tuple[Tensor, Tensor]:
+        """(h, c) [count, N]: a ``fresh_fraction`` of fresh states, the rest from the buffer."""
+        n_fresh = int(round(count * self.config.fresh_fraction))
+        idx = torch.randint(self.data.shape[0], (count - n_fresh,), generator=self.g)
+        states = torch.cat([self.fresh(n_fresh), self.data[idx]])
+        states = states[torch.randperm(count, generator=self.g)]
+        return states[:, 0], states[:, 1]
+
+    def push(self, h: Tensor, c: Tensor) -> None:
+        """Add new states h, c [count, N] (finite ones only), overwriting the oldest."""
+        states = torch.stack([h.detach(), c.detach()], dim=1)
+        states = states[torch.isfinite(states).flatten(1).all(dim=1)]
+        cap = self.data.shape[0]
+        states = states[-cap:]
+        end = self.pos + states.shape[0]
+        if end <= cap:
+            self.data[self.pos : end] = states
+        else:
+            first = cap - self.pos
+            self.data[self.pos :] = states[:first]
+            self.data[: end - cap] = states[first:]
+        self.pos = end % cap
+
+
+def _layer_state(h: Tensor, c: Tensor, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """Connection states [S*B*A, N] -> layer states [S, N, B, A]."""
+    s, b, a = shape
+    return (t.reshape(s, b, a, -1).permute(0, 3, 1, 2).contiguous() for t in (h, c))
+
+
+def _flat_state(h: Tensor) -> Tensor:
+    """Layer states [S, N, B, A] -> connection states [S*B*A, N]."""
+    return h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+
+
+# ---------------------------------------------------------------------------- targets
+def backprop_targets(x: Tensor, e: Tensor, w: Tensor, b: Tensor, eta: float) -> dict[str, Tensor]:
+    """What backprop does in one layer of the mean-of-tanh network.
+
+    x [S, A] inputs, e [S, B] errors at the outputs, w [S, B, A] weights, b [S, B] biases.
+    Returns ``y`` [S, B] (forward), ``delta`` [S, A] (error sent down), ``w_new``, ``b_new``.
+    """
+    t = torch.tanh(x)
+    y = torch.einsum("sba,sa->sb", w, t) / x.shape[1] + b
+    delta = torch.einsum("sb,sba->sa", e, w) / e.shape[1] * (1 - t * t)
+    return {"y": y, "delta": delta, "w_new": w - eta * e[:, :, None] * t[:, None, :], "b_new": b - eta * e}
+
+
+def _errors(config: CloningConfig, generator: torch.Generator, shape: tuple[int, ...]) -> Tensor:
+    magnitude = config.error_scale * 10 ** (-1.3 * torch.rand(shape, generator=generator))
+    return (2 * torch.rand(shape, generator=generator) - 1) * magnitude
+
+
+def _decode(c: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Weights [S, B, A] and per-connection biases [S, B, A] from layer cell states [S, N, B, A]."""
+    return scale * c[:, 0], scale * c[:, 1]
+
+
+def _update_error(c_new: Tensor, w_target: Tensor, b_target: Tensor, scale: float, eta: float) -> Tensor:
+    """Mean squared error of the new weights and biases, in units of eta."""
+    w_new, b_new = _decode(c_new, scale)
+    return (((w_new - w_target) / eta) ** 2).mean() + (((b_new - b_target) / eta) ** 2).mean()
+
+
+def shallow_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.Generator) -> tuple[Tensor, dict]:
+    """Independent connections: one forward and one backward tick each, against the targets."""
+    s, k, msg, scale, eta = config.connections, config.minibatch, config.msg_size, agent.weight_scale, config.eta
+    h0, c0 = buffer.sample(s)
+    h = h0.repeat_interleave(k, 0)[:, :, None, None]
+    c = c0.repeat_interleave(k, 0)[:, :, None, None]
+    x = torch.randn(s * k, 1, generator=g) * config.x_std
+    e = _errors(config, g, (s * k, 1))
+    w, b = scale * c[:, 0], scale * c[:, 1, :, 0]  # [S*k, 1, 1], [S*k, 1]
+    target = backprop_targets(x, e, w, b, eta)
+    zeros = torch.zeros(s * k, 1, msg)
+    _, _, fwd, _ = tick(agent, False, h, c, _pad(x, msg), zeros)
+    h_new, c_new, _, bwd = tick(agent, True, h, c, _pad(x, msg), _pad(e, msg))
+    # a mini-batch: the new states of one state's k data points are averaged
+    h_new = h_new.reshape(s, k, -1).mean(dim=1)
+    c_new = c_new.reshape(s, k, -1).mean(dim=1)
+    w_t = target["w_new"].reshape(s, k).mean(dim=1)
+    b_t = target["b_new"].reshape(s, k).mean(dim=1)
+    fwd_err = ((fwd[:, 0, 0] - target["y"][:, 0]) ** 2).mean()
+    bwd_err = ((bwd[:, 0, 0] - target["delta"][:, 0]) ** 2).mean()
+    upd_err = ((((scale * c_new[:, 0]) - w_t) / eta) ** 2).mean() + ((((scale * c_new[:, 1]) - b_t) / eta) ** 2).mean()
+    buffer.push(h_new, c_new)
+    loss = fwd_err + bwd_err + config.update_weight * upd_err
+    return loss, {"forward": fwd_err.item(), "backward": bwd_err.item(), "update": upd_err.item()}
+
+
+def deep_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.Generator, own: bool) -> tuple[Tensor, dict]:
+    """Two-layer networks; the second layer reads the true (``own=False``) or the VSML's own
+    hidden activations, the first the true or the VSML's own backpropagated error."""
+    s, msg, scale, eta = config.networks, config.msg_size, agent.weight_scale, config.eta
+    n_in, n_hid, n_out = config.deep_sizes
+    h1, c1 = _layer_state(*buffer.sample(s * n_hid * n_in), (s, n_hid, n_in))
+    h2, c2 = _layer_state(*buffer.sample(s * n_out * n_hid), (s, n_out, n_hid))
+    x = torch.randn(s, n_in, generator=g) * config.x_std
+    e = _errors(config, g, (s, n_out))
+    w1, b1c = _decode(c1, scale)
+    w2, b2c = _decode(c2, scale)
+    b1, b2 = b1c.mean(dim=-1), b2c.mean(dim=-1)
+    # ground truth: the forward pass, then backprop from e
+    t1 = backprop_targets(x, torch.zeros(s, n_hid), w1, b1, eta)
+    t2 = backprop_targets(t1["y"], e, w2, b2, eta)
+    t1 = backprop_targets(x, t2["delta"], w1, b1, eta)
+    m1 = _pad(x, msg)
+    _, _, fwd1, _ = tick(agent, False, h1, c1, m1, torch.zeros(s, n_hid, msg))
+    m2 = fwd1 if own else _pad(t1["y"], msg)
+    _, _, fwd2, _ = tick(agent, False, h2, c2, m2, torch.zeros(s, n_out, msg))
+    h2n, c2n, _, bwd2 = tick(agent, True, h2, c2, m2, _pad(e, msg))
+    d1 = bwd2 if own else _pad(t2["delta"], msg)
+    h1n, c1n, _, _ = tick(agent, True, h1, c1, m1, d1)
+    fwd_err = ((fwd1[..., 0] - t1["y"]) ** 2).mean() + ((fwd2[..., 0] - t2["y"]) ** 2).mean()
+    bwd_err = ((bwd2[..., 0] - t2["delta"]) ** 2).mean()
+    # per connection: the weight target, and the bias target of its output (each holds a copy)
+    upd_err = _update_error(c2n, t2["w_new"], b2c - eta * e[:, :, None], scale, eta)
+    upd_err = upd_err + _update_error(c1n, t1["w_new"], b1c - eta * t2["delta"][:, :, None], scale, eta)
+    buffer.push(_flat_state(h1n), _flat_state(c1n))
+    buffer.push(_flat_state(h2n), _flat_state(c2n))
+    loss = fwd_err + bwd_err + config.update_weight * upd_err
+    return loss, {"forward": fwd_err.item(), "backward": bwd_err.item(), "update": upd_err.item()}
+
+
+# ---------------------------------------------------------------------------- training
+def train_cloning(config: CloningConfig, agent: VSML | None = None, log=None) -> tuple[VSML, list[dict]]:
+    """Run the curriculum; returns the cloned VSML and the loss history (one row per log step).
+
+    Non-finite losses skip the update (counted in the history). ``log(row)`` is called for
+    every logged row.
+    """
+    config.check()
+    torch.manual_seed(config.seed)
+    agent = agent if agent is not None else make_cloned_vsml(config)
+    check_cloned(agent)
+    g = torch.Generator().manual_seed(config.seed)
+    buffer = StateBuffer(config, g)
+    params = [p for p in agent.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    history: list[dict] = []
+    skipped = 0
+    start = time.perf_counter()
+    step = 0
+    for stage, iters in zip(STAGES, config.iterations):
+        for i in range(int(iters)):
+            if stage == "shallow":
+                loss, parts = shallow_loss(agent, buffer, config, g)
+            else:
+                loss, parts = deep_loss(agent, buffer, config, g, own=stage == "deep_own")
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                skipped += 1
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                opt.step()
+            step += 1
+            if i % config.log_every == 0 or i == iters - 1:
+                row = {"step": step, "stage": stage, "loss": loss.item(), **parts, "skipped": skipped, "seconds": round(time.perf_counter() - start, 2)}
+                history.append(row)
+                if log is not None:
+                    log(row)
+    return agent, history
+
+
+@torch.no_grad()
+def cloning_error_grid(agent: VSML, xs: Tensor, ws: Tensor) -> tuple[Tensor, Tensor]:
+    """Figure 10: the forward message a fresh connection with weight w (bias 0) produces for
+    input x, against tanh(x) w, over the grid ``xs`` x ``ws``; returns (produced, target),
+    each [len(ws), len(xs)]."""
+    msg, scale = agent.msg_size, agent.weight_scale
+    ww, xx = torch.meshgrid(ws, xs, indexing="ij")
+    count = ww.numel()
+    c = torch.zeros(count, agent.state_size, 1, 1)
+    c[:, 0, 0, 0] = (ww.reshape(-1) / scale).clamp(-0.99, 0.99)
+    h = torch.zeros_like(c)
+    _, _, fwd, _ = tick(agent, False, h, c, _pad(xx.reshape(-1, 1), msg), torch.zeros(count, 1, msg))
+    return fwd[:, 0, 0].reshape(ww.shape), torch.tanh(xx) * ww
+
+
+def plot_error_grid(agent: VSML, path: Path, xs: Tensor | None = None, ws: Tensor | None = None) -> dict:
+    """Save the Figure 10 heat maps (target, produced, |error|) as PNG and SVG; returns the
+    mean and max absolute error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = xs if xs is not None else torch.linspace(-3, 3, 61)
+    ws = ws if ws is not None else torch.linspace(-3.5, 3.5, 71)
+    produced, target = cloning_error_grid(agent, xs, ws)
+    err = (produced - target).abs()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    extent = (xs[0].item(), xs[-1].item(), ws[0].item(), ws[-1].item())
+    lim = target.abs().max().item()
+    for ax, data, title, cmap, vmin, vmax in (
+        (axes[0], target, "target tanh(x)·w", "coolwarm", -lim, lim),
+        (axes[1], produced, "cloned VSML forward message", "coolwarm", -lim, lim),
+        (axes[2], err, "|produced − target|", "viridis", 0, None),
+    ):
+        im = ax.imshow(data.numpy(), origin="lower", aspect="auto", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(title)
+        ax.set_xlabel("input x")
+        ax.set_ylabel("weight w")
+        fig.colorbar(im, ax=ax)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path.with_suffix(".png"), dpi=110)
+    fig.savefig(path.with_suffix(".svg"))
+    plt.close(fig)
+    return {"mean_abs_error": err.mean().item(), "max_abs_error": err.max().item()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="run folder (meta-parameters, history, Figure 10)")
+    parser.add_argument("--iterations", default="3000,1500,1500", help="per stage: shallow,deep_truth,deep_own")
+    parser.add_argument("--eta", type=float, default=CloningConfig.eta)
+    parser.add_argument("--lr", type=float, default=CloningConfig.lr)
+    parser.add_argument("--minibatch", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        iterations = tuple(int(v) for v in args.iterations.split(","))
+    except ValueError:
+        parser.error(f"--iterations must be three integers like 3000,1500,1500, got {args.iterations!r}")
+    config = CloningConfig(iterations=iterations, eta=args.eta, lr=args.lr, minibatch=args.minibatch, seed=args.seed)
+    try:
+        config.check()
+    except ValueError as err:
+        parser.error(str(err))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def log(row: dict) -> None:
+        print(json.dumps(row), flush=True)
+
+    agent, history = train_cloning(config, log=log)
+    tmp = args.out / "meta_params.pt.tmp"
+    torch.save(agent.state_dict(), tmp)
+    tmp.replace(args.out / "meta_params.pt")
+    grid = plot_error_grid(agent, args.out / "fig10_cloning_error")
+    summary = {"config": asdict(config), "agent_options": {**CLONED_OPTIONS, "init_weight_std": config.init_weight_std}, "history": history, "fig10": grid}
+    (args.out / "cloning.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({"done": True, "fig10": grid}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Learning-algorithm cloning: the backprop targets, the exact reference agent, the curriculum."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from rulegym.agents import make_agent
+from rulegym.learners.cloning import (
+    CLONED_OPTIONS,
+    STAGES,
+    CloningConfig,
+    StateBuffer,
+    backprop_targets,
+    check_cloned,
+    cloning_error_grid,
+    make_cloned_vsml,
+    plot_error_grid,
+    train_cloning,
+)
+
+
+def test_targets_on_a_hand_checked_connection():
+    x, w, b, e, eta = 0.5, 2.0, 0.1, 0.3, 0.1
+    t = backprop_targets(torch.tensor([[x]]), torch.tensor([[e]]), torch.tensor([[[w]]]), torch.tensor([[b]]), eta)
+    tanh = math.tanh(x)
+    assert t["y"].item() == pytest.approx(tanh * w + b)  # 1.02423...
+    assert t["delta"].item() == pytest.approx(e * w * (1 - tanh**2))  # 0.47187...
+    assert t["w_new"].item() == pytest.approx(w - eta * tanh * e)  # 1.98614...
+    assert t["b_new"].item() == pytest.approx(b - eta * e)  # 0.07
+    assert t["y"].item() == pytest.approx(1.0242343, abs=1e-6)
+    assert t["delta"].item() == pytest.approx(0.4718689, abs=1e-6)
+
+
+def test_targets_are_backprop_of_the_mean_network():
+    """With L = sum_b e_b y_b: the update is w - eta * fan_in * dL/dw, delta = dL/dx * fan_in / fan_out."""
+    g = torch.Generator().manual_seed(0)
+    s, a, b_out, eta = 3, 5, 4, 0.2
+    x = torch.randn(s, a, generator=g, dtype=torch.float64).requires_grad_()
+    w = torch.randn(s, b_out, a, generator=g, dtype=torch.float64).requires_grad_()
+    bias = torch.randn(s, b_out, generator=g, dtype=torch.float64).requires_grad_()
+    e = torch.randn(s, b_out, generator=g, dtype=torch.float64)
+    y = torch.einsum("sba,sa->sb", w, torch.tanh(x)) / a + bias
+    gx, gw, gb = torch.autograd.grad((e * y).sum(), (x, w, bias))
+    t = backprop_targets(x.detach(), e, w.detach(), bias.detach(), eta)
+    torch.testing.assert_close(t["y"], y.detach())
+    torch.testing.assert_close(t["w_new"], w.detach() - eta * a * gw)
+    torch.testing.assert_close(t["b_new"], bias.detach() - eta * gb)
+    torch.testing.assert_close(t["delta"], gx * a / b_out)
+
+
+def test_reference_agent_runs_the_targets_layer_by_layer():
+    """tanh_backprop's step = backprop_targets composed over a two-layer network."""
+    torch.manual_seed(0)
+    agent = make_agent("tanh_backprop", 6, 3, hidden=(4,), lr=0.2)
+    g = torch.Generator().manual_seed(1)
+    state = agent.initial_state(2, g)
+    x0 = torch.randn(2, 6, generator=g)
+    zeros = torch.zeros(2, 3)
+    with torch.no_grad():
+        _, state = agent.step({"x": x0, "y_prev": zeros, "err_prev": zeros}, state)
+        e = torch.randn(2, 3, generator=g) * 0.3
+        x1 = torch.randn(2, 6, generator=g)
+        logits, new = agent.step({"x": x1, "y_prev": zeros, "err_prev": e}, state)
+    h = backprop_targets(x0, torch.zeros(2, 4), state["w0"], state["b0"], 0.2)["y"]
+    top = backprop_targets(h, e, state["w1"], state["b1"], 0.2)
+    low = backprop_targets(x0, top["delta"], state["w0"], state["b0"], 0.2)
+    torch.testing.assert_close(new["w1"], top["w_new"])
+    torch.testing.assert_close(new["b1"], top["b_new"])
+    torch.testing.assert_close(new["w0"], low["w_new"])
+    torch.testing.assert_close(new["b0"], low["b_new"])
+    h1 = backprop_targets(x1, torch.zeros(2, 4), new["w0"], new["b0"], 0.2)["y"]
+    y1 = backprop_targets(h1, torch.zeros(2, 3), new["w1"], new["b1"], 0.2)["y"]
+    torch.testing.assert_close(logits, y1, rtol=1e-4, atol=1e-5)  # bound_logits ~ identity here
+
+
+def test_frozen_forward_pass_keeps_the_state_and_ignores_errors():
+    torch.manual_seed(0)
+    agent = make_agent("vsml", 5, 3, freeze_forward=True, init_weight_std=1.0)
+    g = torch.Generator().manual_seed(0)
+    state = agent.initial_state(2, g)
+    w, b = agent.decode_weights(state, 0)
+    assert w.shape == (2, 3, 5) and torch.equal(b, torch.zeros(2, 3))
+    assert w.abs().max() <= 0.99 * agent.weight_scale + 1e-6 and w.std() > 0.5
+    x = torch.randn(2, 5, generator=g)
+    outs = []
+    for err in (torch.zeros(2, 3), torch.randn(2, 3, generator=g)):
+        with torch.no_grad():
+            logits, new = agent.step({"x": x, "y_prev": torch.zeros(2, 3), "err_prev": err}, state)
+        assert all(torch.equal(new[k], state[k]) for k in state)
+        outs.append(logits)
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_state_buffer_wraps_and_drops_non_finite_states():
+    config = CloningConfig(buffer_size=8, state_size=4)
+    buf = StateBuffer(config, torch.Generator().manual_seed(0))
+    assert buf.data.shape == (8, 2, 4)
+    assert (buf.data[:, 1, 0].abs() <= 0.99).all() and (buf.data[:, 0] == 0).all()
+    h = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    buf.push(h, h)
+    buf.push(h + 100, h)
+    assert buf.pos == 4
+    h_bad = torch.full((2, 4), float("nan"))
+    buf.push(h_bad, h_bad)
+    assert torch.isfinite(buf.data).all() and buf.pos == 4
+    assert torch.equal(buf.data[:4, 0], (h + 100)[2:])
+    h_s, c_s = buf.sample(5)
+    assert h_s.shape == (5, 4) and c_s.shape == (5, 4)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_lowers_its_loss(stage, one_thread):
+    """Each curriculum stage, alone on tiny sizes, lowers its loss within 200 steps."""
+    iterations = tuple(200 if s == stage else 0 for s in STAGES)
+    config = CloningConfig(iterations=iterations, connections=64, networks=8, deep_sizes=(3, 3, 2), log_every=1,
+                           lr=1e-2, state_size=8, msg_size=4, buffer_size=4096, seed=0)
+    _, history = train_cloning(config)
+    losses = torch.tensor([row["loss"] for row in history])
+    assert len(losses) == 200 and all(row["stage"] == stage for row in history)
+    first, last = losses[:20].mean().item(), losses[-20:].mean().item()
+    assert last < 0.6 * first, (first, last)
+    assert history[-1]["skipped"] == 0
+
+
+def test_error_grid_and_figure(tmp_path):
+    torch.manual_seed(0)
+    agent = make_cloned_vsml(CloningConfig(state_size=6, msg_size=3))
+    produced, target = cloning_error_grid(agent, torch.linspace(-1, 1, 5), torch.linspace(-2, 2, 7))
+    assert produced.shape == target.shape == (7, 5)
+    torch.testing.assert_close(target[3], torch.zeros(5))  # w = 0 row
+    stats = plot_error_grid(agent, tmp_path / "fig10", torch.linspace(-1, 1, 5), torch.linspace(-2, 2, 7))
+    assert stats["max_abs_error"] >= stats["mean_abs_error"] >= 0
+    with Image.open(tmp_path / "fig10.png") as im:
+        im.verify()
+    assert (tmp_path / "fig10.svg").stat().st_size > 0
+
+
+def test_bad_settings_raise_clear_errors():
+    with pytest.raises(ValueError, match="iterations"):
+        CloningConfig(iterations=(1, 2)).check()
+    with pytest.raises(ValueError, match="eta"):
+        CloningConfig(eta=float("nan")).check()
+    with pytest.raises(ValueError, match="fresh_fraction"):
+        CloningConfig(fresh_fraction=1.5).check()
+    with pytest.raises(ValueError, match="deep_sizes"):
+        CloningConfig(deep_sizes=(3, 0, 2)).check()
+    with pytest.raises(ValueError, match="freeze_forward"):
+        check_cloned(make_agent("vsml", 3, 2))
+    with pytest.raises(ValueError, match="init_weight_std"):
+        make_agent("vsml", 3, 2, init_weight_std=-1.0)
+    assert CLONED_OPTIONS["ticks"] == 1
