@@ -94,10 +94,11 @@ class VSML(Agent):
             With ``backward_pass`` this is the setting of a VSML cloned from backprop
             (``rulegym.learners.cloning``): weights change only when an error arrives.
         init_weight_std: draw each connection's weight w ~ N(0, std^2) into the weight slot of
-            its state (cell component 0 holds w / weight_scale, component 1 the bias /
-            weight_scale, the rest of h and c start at zero) instead of the truncated-normal
-            cell init; for cloned rules, whose cell states encode a weight and a bias (the
-            cell is the LSTM's additive memory, so an update is an increment of it).
+            its state (component 0 of c and of h holds w / weight_scale, component 1 the bias
+            / weight_scale, zero at the start; the rest of h and c start at zero) instead of
+            the truncated-normal cell init. For cloned rules: the cell (the LSTM's additive
+            memory) holds the weight, so an update is an increment; the copy in h lets the
+            gates, which read h, see it from the first step.
         weight_scale: the constant that maps weights and biases into the LSTM's bounded
             range (4).
         conv: make the first layer convolutional (``input_shape`` (C, H, W) required;
@@ -213,14 +214,16 @@ class VSML(Agent):
             # [L, N, outputs, inputs] (the conv layer: [L, N, channels, patch elements])
             shape = (self.conv_channels, a) if (self.conv and k == 0) else (b, a)
             c = torch.zeros(batch_size, n, *shape, dtype=p.dtype)
+            h = torch.zeros(batch_size, n, *shape, dtype=p.dtype)
             if self.init_weight_std is not None:
                 w = torch.randn(batch_size, *shape, generator=generator, dtype=p.dtype) * self.init_weight_std
                 c[:, 0] = (w / self.weight_scale).clamp(-0.99, 0.99)
+                h[:, 0] = c[:, 0]
             elif self.n_init:
                 init = torch.empty(batch_size, self.n_init, *shape, dtype=p.dtype)
                 nn.init.trunc_normal_(init, 0.0, 1.0, -2.0, 2.0, generator=generator)
                 c[:, : self.n_init] = init / math.sqrt(a)
-            state[f"h{k}"] = torch.zeros(batch_size, n, *shape, dtype=p.dtype, device=p.device)
+            state[f"h{k}"] = h.to(p.device)
             state[f"c{k}"] = c.to(p.device)
             if self.backward_pass:
                 shape = (batch_size, a, self.positions, self.msg_size) if (self.conv and k == 0) else (batch_size, a, self.msg_size)

@@ -27,7 +27,10 @@ Training states come from a buffer of the VSML's own past states (each backward 
 states go back in) mixed with fresh initial states, so the rule is trained on the states it
 will visit. Update errors are measured in units of eta (the size of an update).
 
-    python -m rulegym.learners.cloning --out runs/cloned --iterations 3000,1500,1500
+    python -m rulegym.learners.cloning --out runs/cloned --iterations 20000,5000,5000 [--ship NAME]
+
+``--ship NAME`` also writes the result as a pretrained rule (``agents/rules/NAME.pt`` and its
+manifest), loadable by name like every shipped rule.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,7 +71,7 @@ class CloningConfig:
 
     iterations: tuple[int, ...] = (3000, 1500, 1500)  #: per stage, in ``STAGES`` order
     eta: float = 0.3  #: the learning rate the cloned rule implements
-    lr: float = 1e-3  #: Adam's learning rate for the meta-parameters
+    lr: float = 3e-3  #: Adam's learning rate for the meta-parameters
     grad_clip: float = 1.0
     connections: int = 512  #: sampled connections per shallow step
     networks: int = 32  #: sampled networks per deep step
@@ -148,11 +152,13 @@ class StateBuffer:
         self.pos = 0
 
     def fresh(self, count: int) -> Tensor:
-        """Initial states: weight ~ N(0, std^2) and bias ~ N(0, (std/2)^2) in c[0], c[1] (scaled)."""
+        """Initial states: weight ~ N(0, std^2) and bias ~ N(0, (std/2)^2), scaled, in
+        component 0 and 1 of both c and h (as VSML's ``init_weight_std`` lays them out, there
+        with bias 0)."""
         n, std, scale = self.config.state_size, self.config.init_weight_std, CLONED_OPTIONS["weight_scale"]
         out = torch.zeros(count, 2, n)
-        out[:, 1, 0] = (torch.randn(count, generator=self.g) * std / scale).clamp(-0.99, 0.99)
-        out[:, 1, 1] = (torch.randn(count, generator=self.g) * std / 2 / scale).clamp(-0.99, 0.99)
+        out[:, :, 0] = (torch.randn(count, 1, generator=self.g) * std / scale).clamp(-0.99, 0.99)
+        out[:, :, 1] = (torch.randn(count, 1, generator=self.g) * std / 2 / scale).clamp(-0.99, 0.99)
         return out
 
     def sample(self, count: int) -> tuple[Tensor, Tensor]:
@@ -330,7 +336,7 @@ def cloning_error_grid(agent: VSML, xs: Tensor, ws: Tensor) -> tuple[Tensor, Ten
     count = ww.numel()
     c = torch.zeros(count, agent.state_size, 1, 1)
     c[:, 0, 0, 0] = (ww.reshape(-1) / scale).clamp(-0.99, 0.99)
-    h = torch.zeros_like(c)
+    h = c.clone()
     _, _, fwd, _ = tick(agent, False, h, c, _pad(xx.reshape(-1, 1), msg), torch.zeros(count, 1, msg))
     return fwd[:, 0, 0].reshape(ww.shape), torch.tanh(xx) * ww
 
@@ -377,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minibatch", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ship", metavar="NAME", help="also save as the pretrained rule NAME in the package's rules folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -400,7 +407,30 @@ def main(argv: list[str] | None = None) -> None:
     grid = plot_error_grid(agent, args.out / "fig10_cloning_error")
     summary = {"config": asdict(config), "agent_options": {**CLONED_OPTIONS, "init_weight_std": config.init_weight_std}, "history": history, "fig10": grid}
     (args.out / "cloning.json").write_text(json.dumps(summary, indent=2))
+    if args.ship:
+        ship(agent, args.ship, config, grid, history, " ".join(["python -m rulegym.learners.cloning", *(argv or sys.argv[1:])]))
     print(json.dumps({"done": True, "fig10": grid}))
+
+
+def ship(agent: VSML, name: str, config: CloningConfig, grid: dict, history: list[dict], command: str) -> Path:
+    """Write the cloned rule into the package's rules folder (parameters and manifest)."""
+    from rulegym.agents.pretrained import RULES_DIR
+
+    last = {stage: next(row for row in reversed(history) if row["stage"] == stage) for stage in STAGES if any(r["stage"] == stage for r in history)}
+    manifest = {
+        "agent": "vsml",
+        "agent_options": {**CLONED_OPTIONS, "init_weight_std": config.init_weight_std, "state_size": config.state_size, "msg_size": config.msg_size},
+        "description": f"VSML cloned from backprop (eta={config.eta}): sub-LSTMs trained to run a mean-of-tanh network's forward pass, backward pass and SGD update; compare with tanh_backprop lr={config.eta}",
+        "in_default_compare": False,
+        "training": {"command": command, "config": asdict(config)},
+        "metrics": {"fig10": grid, "final_losses": last},
+    }
+    RULES_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = RULES_DIR / f"{name}.pt.tmp"
+    torch.save(agent.state_dict(), tmp)
+    tmp.replace(RULES_DIR / f"{name}.pt")
+    (RULES_DIR / f"{name}.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return RULES_DIR / f"{name}.pt"
 
 
 if __name__ == "__main__":

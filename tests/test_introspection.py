@@ -1,0 +1,45 @@
+"""The introspection experiment (VSML Figures 9/17) on the embedded digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rulegym.train.experiments.introspection import main, occurrence_accuracy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_occurrence_accuracy_hand_case():
+    labels = np.array([2, 2, 0, 2, 0, 1])
+    correct = np.array([True, False, False, True, True, False])
+    acc = occurrence_accuracy(labels, correct)
+    assert acc["first_occurrence"] == pytest.approx(1 / 3)  # steps 0, 2, 5
+    assert acc["later_occurrences"] == pytest.approx(2 / 3)  # steps 1, 3, 4
+
+
+def test_introspection_run_writes_consistent_outputs(tmp_path):
+    out = tmp_path / "intro"
+    assert main(["--agents", "sgd", "tanh_backprop", "--env", "rulegym/Digits-v0", "--set", "num_classes=3",
+                 "--steps", "25", "--threads", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    data = np.load(out / "probabilities.npz")
+    for agent in ("sgd", "tanh_backprop"):
+        probs, labels, correct = data[f"{agent}/probabilities"], data[f"{agent}/labels"], data[f"{agent}/correct"]
+        assert probs.shape == (25, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+        assert set(labels.tolist()) <= {0, 1, 2}
+        assert np.array_equal(correct, probs.argmax(axis=1) == labels)
+        assert summary["agents"][agent]["accuracy"] == pytest.approx(correct.mean())
+    assert np.array_equal(data["sgd/labels"], data["tanh_backprop/labels"])  # the same stream
+    with Image.open(out / "introspection.png") as im:
+        im.verify()
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--agents", "sgd", "--params", "vsml=missing.pt", "--env", "rulegym/Digits-v0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="key=value"):
+        main(["--agents", "sgd", "--env", "rulegym/Digits-v0", "--set", "oops", "--out", str(tmp_path)])
