@@ -38,6 +38,14 @@ from rulegym.agents.registry import register_agent
 from rulegym.agents import vsml_kernels as kernels
 
 
+def weight_slots(state_size: int) -> tuple[slice, slice]:
+    """The state components that hold a cloned rule's weight (the first half) and bias (the
+    next quarter, at least one); the weight (bias) is weight_scale times their mean."""
+    n_w = max(1, state_size // 2)
+    n_b = max(1, state_size // 4)
+    return slice(0, n_w), slice(n_w, n_w + n_b)
+
+
 class SubLSTMParams(nn.Module):
     """The gate meta-parameters shared by every sub-LSTM of a layer (or of the whole network).
 
@@ -93,12 +101,14 @@ class VSML(Agent):
             state its backward pass left, and forward ticks read no backward messages (zeros).
             With ``backward_pass`` this is the setting of a VSML cloned from backprop
             (``rulegym.learners.cloning``): weights change only when an error arrives.
-        init_weight_std: draw each connection's weight w ~ N(0, std^2) into the weight slot of
-            its state (component 0 of c and of h holds w / weight_scale, component 1 the bias
-            / weight_scale, zero at the start; the rest of h and c start at zero) instead of
-            the truncated-normal cell init. For cloned rules: the cell (the LSTM's additive
-            memory) holds the weight, so an update is an increment; the copy in h lets the
-            gates, which read h, see it from the first step.
+        init_weight_std: draw each connection's weight w ~ N(0, std^2) into the weight slots
+            of its state instead of the truncated-normal cell init (see :func:`weight_slots`:
+            the first half of the cell components each hold w / weight_scale, the next
+            quarter the bias / weight_scale, zero at the start; h holds the same copy so the
+            gates, which read h, see it from the first step; the rest starts at zero). For
+            cloned rules: the cell is the LSTM's additive memory, so an update is an increment,
+            and a weight spread over several components can change by a sum of several
+            gate products (one component's i * g cannot form the product tanh(x) e).
         weight_scale: the constant that maps weights and biases into the LSTM's bounded
             range (4).
         conv: make the first layer convolutional (``input_shape`` (C, H, W) required;
@@ -181,7 +191,7 @@ class VSML(Agent):
         if not (weight_scale > 0 and math.isfinite(weight_scale)):
             raise ValueError(f"weight_scale must be a positive number, got {weight_scale!r}.")
         if init_weight_std is not None and self.state_size < 2:
-            raise ValueError("init_weight_std needs state_size >= 2 (a weight and a bias slot).")
+            raise ValueError("init_weight_std needs state_size >= 2 (weight and bias slots).")
         self.init_weight_std = None if init_weight_std is None else float(init_weight_std)
         self.weight_scale = float(weight_scale)
         make = lambda: SubLSTMParams(self.state_size, self.msg_size, forget_bias, input_bias)  # noqa: E731
@@ -217,8 +227,9 @@ class VSML(Agent):
             h = torch.zeros(batch_size, n, *shape, dtype=p.dtype)
             if self.init_weight_std is not None:
                 w = torch.randn(batch_size, *shape, generator=generator, dtype=p.dtype) * self.init_weight_std
-                c[:, 0] = (w / self.weight_scale).clamp(-0.99, 0.99)
-                h[:, 0] = c[:, 0]
+                w_slots, _ = weight_slots(n)
+                c[:, w_slots] = (w / self.weight_scale).clamp(-0.99, 0.99).unsqueeze(1)
+                h[:, w_slots] = c[:, w_slots]
             elif self.n_init:
                 init = torch.empty(batch_size, self.n_init, *shape, dtype=p.dtype)
                 nn.init.trunc_normal_(init, 0.0, 1.0, -2.0, 2.0, generator=generator)
@@ -232,9 +243,11 @@ class VSML(Agent):
 
     def decode_weights(self, state: State, k: int) -> tuple[Tensor, Tensor]:
         """The weights [L, outputs, inputs] and biases [L, outputs] a cloned rule's layer k holds:
-        weight_scale times cell components 0 and 1 (the bias copies of an output averaged)."""
+        weight_scale times the mean of the cell's weight and bias slots (:func:`weight_slots`;
+        the bias copies of an output averaged)."""
+        w_slots, b_slots = weight_slots(self.state_size)
         c = state[f"c{k}"]
-        return self.weight_scale * c[:, 0], self.weight_scale * c[:, 1].mean(dim=-1)
+        return self.weight_scale * c[:, w_slots].mean(1), self.weight_scale * c[:, b_slots].mean(1).mean(dim=-1)
 
     # ------------------------------------------------------------------ pieces
     def _cell(self, k: int, backward: bool = False) -> SubLSTMParams:

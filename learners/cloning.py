@@ -5,8 +5,11 @@ after which the VSML learns real datasets. Here a VSML with a backward pass, a s
 backward LSTM, one tick per pass and a frozen forward pass (``freeze_forward``) is trained by
 regression, one tick at a time, on random data, to reproduce the network and update of
 :mod:`rulegym.agents.backprop_net` at every connection (a, b) with weight w and bias b held in
-its cell state (components 0 and 1 times ``weight_scale``, 4; the cell is the LSTM's additive
-memory, so keeping a weight is a forget gate near 1 and an update an increment):
+its cell state (``weight_scale`` (4) times the mean of the weight slots -- the first half of
+the components -- and of the bias slots, the next quarter; :func:`rulegym.agents.vsml.weight_slots`).
+The cell is the LSTM's additive memory, so keeping a weight is a forget gate near 1 and an
+update an increment; spread over several components, the increment is a sum of gate products
+i * g, enough to form tanh(x) e, which a single component's product cannot):
 
   forward tick  (message x_a in, no backward message):  forward message[0]  = tanh(x_a) w + b
   backward tick (x_a and the error e_b in):  backward message[0] = e_b w (1 - tanh(x_a)^2)
@@ -48,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rulegym.agents import make_agent
-from rulegym.agents.vsml import VSML
+from rulegym.agents.vsml import VSML, weight_slots
 from rulegym.agents.vsml_kernels import lstm_ticks
 
 STAGES = ("shallow", "deep_truth", "deep_own")
@@ -78,10 +81,13 @@ class CloningConfig:
     deep_sizes: tuple[int, int, int] = (6, 5, 4)  #: inputs, hidden, outputs of the deep networks
     minibatch: int = 1  #: data points per state in the shallow stage, new states averaged
     x_std: float = 1.0  #: inputs ~ N(0, x_std^2)
-    error_scale: float = 1.0  #: errors ~ U(-1, 1) * error_scale * 10^U(-1.3, 0)
-    init_weight_std: float = 1.0  #: fresh states' weights ~ N(0, std^2); biases ~ N(0, (std/2)^2)
+    error_scale: float = 1.0  #: half the errors ~ U(-1, 1) * error_scale * 10^U(-1.3, 0), half p - onehot
+    init_weight_std: float = 1.0  #: the cloned rule's initial weights ~ N(0, std^2) (agent option)
+    train_weight_std: float = 2.0  #: fresh training states' weights ~ N(0, std^2), biases N(0, (std/2)^2):
+    #: wider than the initial weights, as a lifetime's updates carry weights away from them
     buffer_size: int = 65536
-    fresh_fraction: float = 0.25  #: share of sampled states that are fresh initial states
+    fresh_fraction: float = 0.05  #: share of sampled states that are fresh: the rest continue
+    #: the buffer's update chains, so states that went through many updates are trained on
     update_weight: float = 1.0  #: loss weight of the update errors (in units of eta)
     state_size: int = 16
     msg_size: int = 8
@@ -92,7 +98,7 @@ class CloningConfig:
     def check(self) -> "CloningConfig":
         if len(self.iterations) != len(STAGES) or any(int(i) < 0 for i in self.iterations):
             raise ValueError(f"iterations must be {len(STAGES)} counts >= 0 for the stages {STAGES}, got {self.iterations!r}.")
-        for name in ("eta", "lr", "grad_clip", "x_std", "error_scale", "init_weight_std", "update_weight"):
+        for name in ("eta", "lr", "grad_clip", "x_std", "error_scale", "init_weight_std", "train_weight_std", "update_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
@@ -152,13 +158,14 @@ class StateBuffer:
         self.pos = 0
 
     def fresh(self, count: int) -> Tensor:
-        """Initial states: weight ~ N(0, std^2) and bias ~ N(0, (std/2)^2), scaled, in
-        component 0 and 1 of both c and h (as VSML's ``init_weight_std`` lays them out, there
-        with bias 0)."""
-        n, std, scale = self.config.state_size, self.config.init_weight_std, CLONED_OPTIONS["weight_scale"]
+        """Initial states: weight ~ N(0, std^2) and bias ~ N(0, (std/2)^2), scaled, in the
+        weight and bias slots of both c and h (as VSML's ``init_weight_std`` lays them out,
+        there with bias 0)."""
+        n, std, scale = self.config.state_size, self.config.train_weight_std, CLONED_OPTIONS["weight_scale"]
+        w_slots, b_slots = weight_slots(n)
         out = torch.zeros(count, 2, n)
-        out[:, :, 0] = (torch.randn(count, 1, generator=self.g) * std / scale).clamp(-0.99, 0.99)
-        out[:, :, 1] = (torch.randn(count, 1, generator=self.g) * std / 2 / scale).clamp(-0.99, 0.99)
+        out[:, :, w_slots] = (torch.randn(count, 1, 1, generator=self.g) * std / scale).clamp(-0.99, 0.99)
+        out[:, :, b_slots] = (torch.randn(count, 1, 1, generator=self.g) * std / 2 / scale).clamp(-0.99, 0.99)
         return out
 
     def sample(self, count: int) -> tuple[Tensor, Tensor]:
@@ -210,13 +217,28 @@ def backprop_targets(x: Tensor, e: Tensor, w: Tensor, b: Tensor, eta: float) -> 
 
 
 def _errors(config: CloningConfig, generator: torch.Generator, shape: tuple[int, ...]) -> Tensor:
+    """Errors at the outputs: half small and large uniform ones over four decades of size,
+    half as a softmax output gives them (p - onehot of random logits and labels, over the
+    last axis, or over 10 classes for a single output)."""
     magnitude = config.error_scale * 10 ** (-1.3 * torch.rand(shape, generator=generator))
-    return (2 * torch.rand(shape, generator=generator) - 1) * magnitude
+    uniform = (2 * torch.rand(shape, generator=generator) - 1) * magnitude
+    classes = max(shape[-1], 10) if len(shape) > 1 else 10
+    logits = torch.randn(*shape[:-1], classes, generator=generator) * 3 * torch.rand(*shape[:-1], 1, generator=generator)
+    p = torch.softmax(logits, dim=-1)
+    label = torch.randint(classes, shape[:-1], generator=generator)
+    softmax = p - F.one_hot(label, classes).to(p.dtype)
+    if shape[-1] == 1:  # one output: any class's error component
+        softmax = softmax.gather(-1, torch.randint(classes, (*shape[:-1], 1), generator=generator))
+    else:
+        softmax = softmax[..., : shape[-1]]
+    pick = torch.rand(shape, generator=generator) < 0.5
+    return torch.where(pick, uniform, softmax)
 
 
 def _decode(c: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Weights [S, B, A] and per-connection biases [S, B, A] from layer cell states [S, N, B, A]."""
-    return scale * c[:, 0], scale * c[:, 1]
+    w_slots, b_slots = weight_slots(c.shape[1])
+    return scale * c[:, w_slots].mean(1), scale * c[:, b_slots].mean(1)
 
 
 def _update_error(c_new: Tensor, w_target: Tensor, b_target: Tensor, scale: float, eta: float) -> Tensor:
@@ -233,7 +255,8 @@ def shallow_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: tor
     c = c0.repeat_interleave(k, 0)[:, :, None, None]
     x = torch.randn(s * k, 1, generator=g) * config.x_std
     e = _errors(config, g, (s * k, 1))
-    w, b = scale * c[:, 0], scale * c[:, 1, :, 0]  # [S*k, 1, 1], [S*k, 1]
+    w, b_conn = _decode(c, scale)  # [S*k, 1, 1] each
+    b = b_conn[:, :, 0]
     target = backprop_targets(x, e, w, b, eta)
     zeros = torch.zeros(s * k, 1, msg)
     _, _, fwd, _ = tick(agent, False, h, c, _pad(x, msg), zeros)
@@ -245,7 +268,8 @@ def shallow_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: tor
     b_t = target["b_new"].reshape(s, k).mean(dim=1)
     fwd_err = ((fwd[:, 0, 0] - target["y"][:, 0]) ** 2).mean()
     bwd_err = ((bwd[:, 0, 0] - target["delta"][:, 0]) ** 2).mean()
-    upd_err = ((((scale * c_new[:, 0]) - w_t) / eta) ** 2).mean() + ((((scale * c_new[:, 1]) - b_t) / eta) ** 2).mean()
+    w_new, b_new = _decode(c_new[:, :, None, None], scale)
+    upd_err = (((w_new[:, 0, 0] - w_t) / eta) ** 2).mean() + (((b_new[:, 0, 0] - b_t) / eta) ** 2).mean()
     buffer.push(h_new, c_new)
     loss = fwd_err + bwd_err + config.update_weight * upd_err
     return loss, {"forward": fwd_err.item(), "backward": bwd_err.item(), "update": upd_err.item()}
@@ -335,7 +359,7 @@ def cloning_error_grid(agent: VSML, xs: Tensor, ws: Tensor) -> tuple[Tensor, Ten
     ww, xx = torch.meshgrid(ws, xs, indexing="ij")
     count = ww.numel()
     c = torch.zeros(count, agent.state_size, 1, 1)
-    c[:, 0, 0, 0] = (ww.reshape(-1) / scale).clamp(-0.99, 0.99)
+    c[:, weight_slots(agent.state_size)[0], 0, 0] = (ww.reshape(-1, 1) / scale).clamp(-0.99, 0.99)
     h = c.clone()
     _, _, fwd, _ = tick(agent, False, h, c, _pad(xx.reshape(-1, 1), msg), torch.zeros(count, 1, msg))
     return fwd[:, 0, 0].reshape(ww.shape), torch.tanh(xx) * ww

@@ -99,8 +99,8 @@ def test_state_buffer_wraps_and_drops_non_finite_states():
     config = CloningConfig(buffer_size=8, state_size=4)
     buf = StateBuffer(config, torch.Generator().manual_seed(0))
     assert buf.data.shape == (8, 2, 4)
-    assert (buf.data[:, :, 0].abs() <= 0.99).all() and torch.equal(buf.data[:, 0], buf.data[:, 1])
-    assert (buf.data[:, :, 2:] == 0).all()
+    assert (buf.data.abs() <= 0.99).all() and torch.equal(buf.data[:, 0], buf.data[:, 1])
+    assert (buf.data[:, :, :2] == buf.data[:, :, :1]).all() and (buf.data[:, :, 3:] == 0).all()  # 2 weight, 1 bias slot
     h = torch.arange(24, dtype=torch.float32).reshape(6, 4)
     buf.push(h, h)
     buf.push(h + 100, h)
