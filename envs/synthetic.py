@@ -79,10 +79,15 @@ class SumSignTask(Task):
     x_bound = 3.0
     TRUNCATION = 2.0
 
-    def __init__(self, *, x_shape: int | Sequence[int] = 784, lifetime_length: int = 500):
+    def __init__(self, *, x_shape: int | Sequence[int] = 784, lifetime_length: int = 500, n_classes: int = 2):
         self.x_shape = _shape(x_shape)
         self.dim = int(np.prod(self.x_shape))
         self.lifetime_length = check_length(lifetime_length)
+        # more outputs than the two labels, so agents with a fixed output size (meta-trained on
+        # 10-class tasks) can run it; the labels stay 0 and 1
+        if not (isinstance(n_classes, (int, np.integer)) and n_classes >= 2):
+            raise ValueError(f"SumSign n_classes must be an integer >= 2 (labels are 0 and 1), got {n_classes!r}.")
+        self.n_classes = int(n_classes)
         self._lo = ndtr(-self.TRUNCATION)
         self._width = ndtr(self.TRUNCATION) - self._lo
 

@@ -75,6 +75,7 @@ class CloningConfig:
     iterations: tuple[int, ...] = (3000, 1500, 1500)  #: per stage, in ``STAGES`` order
     eta: float = 0.3  #: the learning rate the cloned rule implements
     lr: float = 3e-3  #: Adam's learning rate for the meta-parameters
+    lr_final: float = 0.05  #: the learning rate decays (cosine, over all stages) to lr * lr_final
     grad_clip: float = 1.0
     connections: int = 512  #: sampled connections per shallow step
     networks: int = 32  #: sampled networks per deep step
@@ -98,7 +99,7 @@ class CloningConfig:
     def check(self) -> "CloningConfig":
         if len(self.iterations) != len(STAGES) or any(int(i) < 0 for i in self.iterations):
             raise ValueError(f"iterations must be {len(STAGES)} counts >= 0 for the stages {STAGES}, got {self.iterations!r}.")
-        for name in ("eta", "lr", "grad_clip", "x_std", "error_scale", "init_weight_std", "train_weight_std", "update_weight"):
+        for name in ("eta", "lr", "lr_final", "grad_clip", "x_std", "error_scale", "init_weight_std", "train_weight_std", "update_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
@@ -324,6 +325,12 @@ def train_cloning(config: CloningConfig, agent: VSML | None = None, log=None) ->
     buffer = StateBuffer(config, g)
     params = [p for p in agent.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr)
+    total = max(1, sum(int(i) for i in config.iterations))
+
+    def schedule(step: int) -> float:
+        return config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     history: list[dict] = []
     skipped = 0
     start = time.perf_counter()
@@ -341,6 +348,7 @@ def train_cloning(config: CloningConfig, agent: VSML | None = None, log=None) ->
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 opt.step()
+            sched.step()
             step += 1
             if i % config.log_every == 0 or i == iters - 1:
                 row = {"step": step, "stage": stage, "loss": loss.item(), **parts, "skipped": skipped, "seconds": round(time.perf_counter() - start, 2)}

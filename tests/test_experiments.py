@@ -43,3 +43,35 @@ def test_bad_arguments_are_named(tmp_path):
         main(["--agents", "sgd", "--params", "vsml=missing.pt", "--env", "rulegym/Digits-v0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="key=value"):
         main(["--agents", "sgd", "--env", "rulegym/Digits-v0", "--set", "oops", "--out", str(tmp_path)])
+
+
+def test_fig8_training_sets():
+    from rulegym.train.experiments.vsml_fig8 import training_sets
+
+    sets = training_sets(["A", "B", "C"])
+    assert sets["A"] == ["A"] and sets["all"] == ["A", "B", "C"] and sets["no B"] == ["A", "C"]
+    assert len(sets) == 3 + 1 + 3
+
+
+def test_fig8_grid_runs_and_resumes(tmp_path):
+    import csv
+    import os
+
+    from rulegym.train.experiments import vsml_fig8
+
+    if not os.environ.get("RULEGYM_DATA"):
+        pytest.skip("the Figure 8 grid needs a data root: set RULEGYM_DATA (e.g. ../shared/data)")
+    args = ["--quick", "--agents", "vsml", "--iterations", "1", "--test-lifetimes", "2", "--test-steps", "5",
+            "--threads", "1", "--out", str(tmp_path)]
+    assert vsml_fig8.main(args) == 0
+    rows = list(csv.DictReader(open(tmp_path / "grid.csv")))
+    names = list(vsml_fig8.DATASETS)
+    assert len(rows) == 2 * len(names) + 3 * len(names)  # sgd, adam + vsml on MNIST, Random, all
+    assert {r["train"] for r in rows if r["agent"] == "vsml"} == {"MNIST", "Random", "all"}
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    params = tmp_path / "rules" / "vsml" / "all" / "meta_params.pt"
+    stamp = params.stat().st_mtime_ns
+    assert vsml_fig8.main(args) == 0  # a second run reuses the finished rules
+    assert params.stat().st_mtime_ns == stamp
+    with Image.open(tmp_path / "heatmap_vsml.png") as im:
+        im.verify()
