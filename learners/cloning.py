@@ -413,6 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eta", type=float, default=CloningConfig.eta)
     parser.add_argument("--lr", type=float, default=CloningConfig.lr)
     parser.add_argument("--minibatch", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=CloningConfig.connections, help="connections per shallow step")
+    parser.add_argument("--networks", type=int, default=CloningConfig.networks, help="networks per deep step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ship", metavar="NAME", help="also save as the pretrained rule NAME in the package's rules folder")
@@ -422,7 +424,8 @@ def main(argv: list[str] | None = None) -> None:
         iterations = tuple(int(v) for v in args.iterations.split(","))
     except ValueError:
         parser.error(f"--iterations must be three integers like 3000,1500,1500, got {args.iterations!r}")
-    config = CloningConfig(iterations=iterations, eta=args.eta, lr=args.lr, minibatch=args.minibatch, seed=args.seed)
+    config = CloningConfig(iterations=iterations, eta=args.eta, lr=args.lr, minibatch=args.minibatch, seed=args.seed,
+                           connections=args.connections, networks=args.networks)
     try:
         config.check()
     except ValueError as err:
