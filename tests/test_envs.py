@@ -298,3 +298,18 @@ def test_registered_ids_and_list():
     ids = [spec for spec in gym.registry if spec.startswith("rulegym/")]
     assert set(ids) == set(ENVS)
     assert set(rulegym.envs.EMBEDDED_ENV_IDS) == {"rulegym/Digits-v0", "rulegym/Random-v0", "rulegym/SumSign-v0"}
+
+
+def test_sum_sign_pads_its_label_space():
+    """n_classes gives Sum Sign more outputs (for agents with a fixed output size); labels stay 0/1."""
+    env = gym.make_vec("rulegym/SumSign-v0", num_envs=3, x_shape=16, n_classes=10, lifetime_length=40)
+    obs, _ = env.reset(seed=0)
+    assert env.single_action_space.shape == (10,)
+    labels = []
+    for _ in range(30):
+        obs, *_ = env.step(np.zeros((3, 10), np.float32))
+        labels.append(obs["y_prev"].argmax(-1))
+    assert set(np.concatenate(labels).tolist()) == {0, 1}
+    env.close()
+    with pytest.raises(ValueError, match="n_classes"):
+        gym.make("rulegym/SumSign-v0", n_classes=1)
