@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from rulegym.envs.data.paths import ENV_CACHE, user_cache_base
+
 SOURCE = Path(__file__).with_name("native") / "vsml_tick.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
 #: connections per work unit of the kernel
@@ -107,8 +109,9 @@ BUFFERS = BufferPool()
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("RULEGYM_CACHE")
-    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rulegym"
+    """``$RULEGYM_CACHE/kernels``, else ``(~/.cache)/rulegym/kernels`` (the decoded-array cache's base)."""
+    root = os.environ.get(ENV_CACHE, "").strip()
+    base = Path(root).expanduser() if root else user_cache_base() / "rulegym"
     return base / "kernels"
 
 

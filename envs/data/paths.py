@@ -29,7 +29,7 @@ ENV_OFFLINE = "RULEGYM_OFFLINE"
 """Set to ``1`` to forbid any network access: a missing file raises at once."""
 
 
-def _user_cache_base() -> pathlib.Path:
+def user_cache_base() -> pathlib.Path:
     """``$XDG_CACHE_HOME`` when set (the freedesktop convention), else ``~/.cache``."""
     xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
     return pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
@@ -52,7 +52,7 @@ def resolve_data_root(root: str | os.PathLike[str] | None = None) -> pathlib.Pat
         path = pathlib.Path(root)
     else:
         env = os.environ.get(ENV_DATA, "").strip()
-        path = pathlib.Path(env) if env else _user_cache_base() / "rulegym" / "data"
+        path = pathlib.Path(env) if env else user_cache_base() / "rulegym" / "data"
     # abspath also folds ".." so that messages show a clean path.
     return pathlib.Path(os.path.abspath(path.expanduser()))
 
@@ -63,7 +63,7 @@ def cache_dir() -> pathlib.Path:
     Never inside the data root, which may be read-only or shared.
     """
     env = os.environ.get(ENV_CACHE, "").strip()
-    path = pathlib.Path(env) if env else _user_cache_base() / "rulegym" / "decoded"
+    path = pathlib.Path(env) if env else user_cache_base() / "rulegym" / "decoded"
     return pathlib.Path(os.path.abspath(path.expanduser()))
 
 

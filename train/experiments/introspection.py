@@ -11,7 +11,7 @@ the stream and on the first / later occurrences of each class).
     RULEGYM_DATA=../shared/data python -m rulegym.train.experiments.introspection \\
         --agents vsml_mnist sgd --env rulegym/MNIST-v0 --set split=test num_classes=3 --steps 100 --out runs/introspection
 
-``--set`` takes env options as key=value (values parsed as TOML literals; ``num_classes=3``
+``--set`` takes env options as key=value (values parsed as JSON, else strings; ``num_classes=3``
 draws a 3-class subset per lifetime, relabelled, as in the paper's figure). Agents are
 registered names or shipped rules; ``--params AGENT=PATH`` loads saved meta-parameters.
 With no data root, ``--env rulegym/Digits-v0`` runs on the embedded 8x8 digits.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
 from pathlib import Path
 
 import gymnasium as gym
@@ -29,25 +28,17 @@ import numpy as np
 import torch
 
 import rulegym.envs  # noqa: F401  (registers the env ids)
+from rulegym.learners.config import ConfigError, apply_overrides
 from rulegym.train.compare import AgentSpec
 from rulegym.train.loop import env_dims, run_lifetime
 
 
-def _value(text: str):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def parse_options(items: list[str]) -> dict:
-    options = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        key, text = item.split("=", 1)
-        options[key] = _value(text)
-    return options
+    """Env options from ``key=value`` items (the learners' override syntax)."""
+    try:
+        return apply_overrides({}, items)
+    except ConfigError as err:
+        raise SystemExit(str(err)) from err
 
 
 def introspect(specs: list[AgentSpec], env_id: str, options: dict, steps: int, seed: int) -> dict[str, dict]:
