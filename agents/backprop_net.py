@@ -28,6 +28,20 @@ from rulegym.agents.base import Agent, Obs, State, bound_logits, check_positive_
 from rulegym.agents.registry import register_agent
 
 
+def layer_forward(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """y [S, B] = mean_a tanh(x_a) w_ab + b_b for inputs x [S, A], weights w [S, B, A], biases b [S, B]."""
+    return torch.einsum("sba,sa->sb", w, torch.tanh(x)) / x.shape[1] + b
+
+
+def layer_backward(x: Tensor, e: Tensor, w: Tensor, b: Tensor, lr: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+    """One layer's backprop for the errors e [S, B] at its outputs, given the inputs x [S, A] of
+    its forward pass: (delta [S, A] sent down, computed with the weights before the update,
+    the new weights, the new biases)."""
+    t = torch.tanh(x)
+    delta = torch.einsum("sb,sba->sa", e, w) / e.shape[1] * (1 - t * t)
+    return delta, w - lr * e[:, :, None] * t[:, None, :], b - lr * e
+
+
 @register_agent("tanh_backprop")
 class TanhBackprop(Agent):
     """Online backprop on a mean-of-tanh network (see the module docstring).
@@ -80,17 +94,9 @@ class TanhBackprop(Agent):
         new: State = {}
         e = obs["err_prev"]
         for k in reversed(range(self.n_layers)):
-            w, b, x = state[f"w{k}"], state[f"b{k}"], state[f"x{k}"]
-            t = torch.tanh(x)
-            if k > 0:  # the error the layer sends down, with the weights before the update
-                e_down = torch.bmm(e.unsqueeze(1), w).squeeze(1) / w.shape[1] * (1 - t * t)
-            new[f"w{k}"] = w - lr * e.unsqueeze(2) * t.unsqueeze(1)
-            new[f"b{k}"] = b - lr * e
-            if k > 0:
-                e = e_down
+            e, new[f"w{k}"], new[f"b{k}"] = layer_backward(state[f"x{k}"], e, state[f"w{k}"], state[f"b{k}"], lr)
         a = obs["x"]
         for k in range(self.n_layers):
             new[f"x{k}"] = a
-            w = new[f"w{k}"]
-            a = torch.bmm(w, torch.tanh(a).unsqueeze(2)).squeeze(2) / w.shape[2] + new[f"b{k}"]
+            a = layer_forward(a, new[f"w{k}"], new[f"b{k}"])
         return bound_logits(a), new

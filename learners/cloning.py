@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rulegym.agents import make_agent
+from rulegym.agents.backprop_net import layer_backward, layer_forward
 from rulegym.agents.vsml import VSML, weight_slots
 from rulegym.agents.vsml_kernels import lstm_ticks
 
@@ -206,15 +207,13 @@ def _flat_state(h: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------- targets
 def backprop_targets(x: Tensor, e: Tensor, w: Tensor, b: Tensor, eta: float) -> dict[str, Tensor]:
-    """What backprop does in one layer of the mean-of-tanh network.
+    """What backprop does in one layer of the mean-of-tanh network (``agents.backprop_net``).
 
     x [S, A] inputs, e [S, B] errors at the outputs, w [S, B, A] weights, b [S, B] biases.
     Returns ``y`` [S, B] (forward), ``delta`` [S, A] (error sent down), ``w_new``, ``b_new``.
     """
-    t = torch.tanh(x)
-    y = torch.einsum("sba,sa->sb", w, t) / x.shape[1] + b
-    delta = torch.einsum("sb,sba->sa", e, w) / e.shape[1] * (1 - t * t)
-    return {"y": y, "delta": delta, "w_new": w - eta * e[:, :, None] * t[:, None, :], "b_new": b - eta * e}
+    delta, w_new, b_new = layer_backward(x, e, w, b, eta)
+    return {"y": layer_forward(x, w, b), "delta": delta, "w_new": w_new, "b_new": b_new}
 
 
 def _errors(config: CloningConfig, generator: torch.Generator, shape: tuple[int, ...]) -> Tensor:
@@ -269,8 +268,7 @@ def shallow_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: tor
     b_t = target["b_new"].reshape(s, k).mean(dim=1)
     fwd_err = ((fwd[:, 0, 0] - target["y"][:, 0]) ** 2).mean()
     bwd_err = ((bwd[:, 0, 0] - target["delta"][:, 0]) ** 2).mean()
-    w_new, b_new = _decode(c_new[:, :, None, None], scale)
-    upd_err = (((w_new[:, 0, 0] - w_t) / eta) ** 2).mean() + (((b_new[:, 0, 0] - b_t) / eta) ** 2).mean()
+    upd_err = _update_error(c_new[:, :, None, None], w_t[:, None, None], b_t[:, None, None], scale, eta)
     buffer.push(h_new, c_new)
     loss = fwd_err + bwd_err + config.update_weight * upd_err
     return loss, {"forward": fwd_err.item(), "backward": bwd_err.item(), "update": upd_err.item()}
