@@ -62,7 +62,7 @@ def training_sets(names: list[str]) -> dict[str, list[str]]:
 def _task(name: str, split: str, length: int) -> dict:
     env_id, options = DATASETS[name]
     options = dict(options, lifetime_length=length)
-    if env_id.startswith("rulegym/") and name not in ("Random", "SumSign"):
+    if name not in ("Random", "SumSign"):  # the image datasets have splits
         options["split"] = "test" if (split == "train" and name in TEST_ONLY) else split
     return {"env_id": env_id, "options": options}
 
