@@ -226,7 +226,7 @@ def lstm_ticks(
     h, c, u, w_fwd, m_in, gate_b = (t.contiguous() for t in (h, c, u, w_fwd, m_in, gate_b))
     h_out, c_out = BUFFERS.empty(h.shape), BUFFERS.empty(c.shape)
     blocks = -(-a // BLOCK)
-    h_sum = torch.empty(L, blocks, n, b, dtype=h.dtype) if mean_inputs else None
+    h_sum = torch.empty(L, n, b, blocks, dtype=h.dtype) if mean_inputs else None
     ptrs = [t.data_ptr() for t in (h, c, h_out, c_out)] + [h_sum.data_ptr() if h_sum is not None else None]
     ptrs += [t.data_ptr() for t in (u, w_fwd, m_in, gate_b)]
     clip_value = float(clip) if clip is not None else 0.0
@@ -236,4 +236,4 @@ def lstm_ticks(
         )
     if h_sum is None:
         return h_out, c_out
-    return h_out, c_out, h_sum.sum(dim=1).div_(a)
+    return h_out, c_out, h_sum.sum(dim=3).div_(a)

@@ -136,7 +136,8 @@ void ticks_impl(const float* h, const float* c, float* h_out, float* c_out, floa
   const v8 one = splat(1.0f);
   for (int64_t unit = unit0; unit < unit1; ++unit) {
     const int64_t l = unit / blocks;
-    const int64_t a0 = (unit % blocks) * kBlock;
+    const int64_t blk = unit % blocks;
+    const int64_t a0 = blk * kBlock;
     const int64_t w = A - a0 < kBlock ? A - a0 : kBlock;
     // the input part of the gates, W_fwd m_a, for the block's 16 inputs (scaled)
     for (int64_t k = 0; k < M; ++k) {
@@ -206,7 +207,7 @@ void ticks_impl(const float* h, const float* c, float* h_out, float* c_out, floa
         const int64_t off = ((l * n_state + n) * B + b) * A + a0;
         store16(h_out + off, w, h_lo[n], h_hi[n]);
         store16(c_out + off, w, c_lo[n], c_hi[n]);
-        if (h_sum != nullptr) h_sum[(unit * n_state + n) * B + b] = sum16(h_lo[n], h_hi[n], w);
+        if (h_sum != nullptr) h_sum[((l * n_state + n) * B + b) * blocks + blk] = sum16(h_lo[n], h_hi[n], w);
       }
     }
   }
@@ -225,7 +226,7 @@ int vsml_native_max_state() { return kMaxN; }
 // arriving at the inputs; gb [L, 4N, B] the backward messages' part of the gates with the
 // bias. Gate order (i, f, g, o), all unscaled. clip <= 0: no clipping. h_out/c_out may alias
 // h/c.
-// h_sum (may be null) receives the new h summed over each unit's inputs: [L, ceil(A/16), N, B],
+// h_sum (may be null) receives the new h summed over each unit's inputs: [L, N, B, ceil(A/16)],
 // from which the forward message's mean over inputs follows without reading h again.
 // Returns 0, or -1 if N is outside [1, 32] or M outside [1, 64].
 int vsml_ticks_f32(const float* h, const float* c, float* h_out, float* c_out, float* h_sum,
