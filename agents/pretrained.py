@@ -4,7 +4,12 @@ Each rule is a pair of files in ``agents/rules/``: ``<name>.pt`` (the meta-param
 agent state_dict, loaded with ``weights_only=True``) and ``<name>.json`` (the agent name and
 options it was built with, the command and config that trained it, and its measured metrics).
 A rule's meta-parameters do not depend on the input or output size for learned-rule agents
-such as VSML, so one rule runs on any task.
+such as VSML, so one rule runs on any task. Baselines whose meta-parameters do (Meta RNN,
+Hebbian fast weights) record the sizes they fit in the manifest (``x_dim``, ``n_classes``) and
+run only there.
+
+``python -m rulegym.agents.pretrained RUN_DIR NAME --description TEXT`` ships the
+meta-parameters of a ``rulegym train`` run folder as the rule NAME.
 """
 
 from __future__ import annotations
@@ -29,10 +34,15 @@ class PretrainedInfo:
     description: str
     in_default_compare: bool
     meta: dict[str, Any] = field(default_factory=dict)
+    #: (x_dim, n_classes) the meta-parameters fit, or None when they fit any size
+    sizes: tuple[int, int] | None = None
 
     @property
     def path(self) -> Path:
         return RULES_DIR / f"{self.name}.pt"
+
+    def fits(self, x_dim: int, n_classes: int) -> bool:
+        return self.sizes is None or self.sizes == (x_dim, n_classes)
 
 
 def _discover() -> dict[str, PretrainedInfo]:
@@ -49,6 +59,7 @@ def _discover() -> dict[str, PretrainedInfo]:
             description=meta.get("description", ""),
             in_default_compare=bool(meta.get("in_default_compare", False)),
             meta=meta,
+            sizes=(int(meta["x_dim"]), int(meta["n_classes"])) if "x_dim" in meta else None,
         )
     return found
 
@@ -67,6 +78,12 @@ def load_pretrained(name: str, x_dim: int, n_classes: int, **options: Any):
     info = PRETRAINED[name]
     if not info.path.is_file():
         raise FileNotFoundError(f"pretrained rule {name!r} is missing its parameters file {info.path}; reinstall rulegym.")
+    if not info.fits(x_dim, n_classes):
+        raise ValueError(
+            f"pretrained rule {name!r} is a {info.agent} whose meta-parameters fit x_dim={info.sizes[0]}, "
+            f"n_classes={info.sizes[1]} only, not x_dim={x_dim}, n_classes={n_classes}; give the task that many "
+            "inputs and classes (e.g. resize=8 for 8x8 images), or use a size-free rule."
+        )
     agent = make_agent(info.agent, x_dim, n_classes, **{**info.options, **options})
     state = torch.load(info.path, map_location="cpu", weights_only=True)
     missing, unexpected = agent.load_state_dict(state, strict=False)
@@ -76,3 +93,92 @@ def load_pretrained(name: str, x_dim: int, n_classes: int, **options: Any):
             f"(missing {missing}, unexpected {unexpected}); it only runs where its meta-parameters are size-independent."
         )
     return agent
+
+
+def size_free(agent: str, **options: Any) -> bool:
+    """Whether an agent's meta-parameters have the same shapes at every input and output size."""
+    from rulegym.agents import make_agent
+
+    shapes = [
+        {k: tuple(v.shape) for k, v in make_agent(agent, x_dim, n_classes, **options).state_dict().items()}
+        for x_dim, n_classes in ((3, 2), (5, 4))
+    ]
+    return shapes[0] == shapes[1]
+
+
+def ship_rule(name: str, state_dict: dict[str, torch.Tensor], manifest: dict[str, Any], rules_dir: Path | None = None) -> Path:
+    """Write a rule into the rules folder: ``NAME.pt`` (the state_dict) and ``NAME.json`` (the
+    manifest: ``agent``, ``agent_options``, ``description``, ...), each atomically."""
+    if not name.isidentifier():
+        raise ValueError(f"a rule name must be an identifier (letters, digits, underscores), got {name!r}.")
+    missing = {"agent", "description"} - set(manifest)
+    if missing:
+        raise ValueError(f"a rule manifest needs {sorted(missing)}.")
+    rules_dir = RULES_DIR if rules_dir is None else Path(rules_dir)
+    rules_dir.mkdir(parents=True, exist_ok=True)
+    tmp = rules_dir / f"{name}.pt.tmp"
+    torch.save(state_dict, tmp)
+    tmp.replace(rules_dir / f"{name}.pt")
+    tmp = rules_dir / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(rules_dir / f"{name}.json")
+    return rules_dir / f"{name}.pt"
+
+
+def manifest_from_run(run_dir: str | Path, description: str, in_default_compare: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The meta-parameters and a rule manifest from a ``rulegym train`` run folder
+    (``config.json``, ``meta_params.pt``, ``summary.json``). A size-bound agent's manifest
+    records the x_dim and n_classes its parameters were trained for."""
+    import hashlib
+
+    from rulegym.agents import make_agent
+    from rulegym.learners.config import config_from_dict
+    from rulegym.learners.tasks import TaskMixture
+
+    run_dir = Path(run_dir)
+    for f in ("config.json", "meta_params.pt"):
+        if not (run_dir / f).is_file():
+            raise FileNotFoundError(f"{run_dir} has no {f}; ship from a finished `rulegym train` run folder.")
+    config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    state = torch.load(run_dir / "meta_params.pt", map_location="cpu", weights_only=True)
+    mixture = TaskMixture(config.tasks, config.seed)
+    x_dim, n_classes = mixture.x_dim, mixture.n_classes
+    mixture.close()
+    make_agent(config.agent, x_dim, n_classes, **config.agent_options).load_state_dict(state)  # it must load
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    manifest: dict[str, Any] = {
+        "agent": config.agent,
+        "agent_options": dict(config.agent_options),
+        "description": description,
+        "in_default_compare": bool(in_default_compare),
+        "training": {
+            "config": config.to_dict(),
+            "iterations": config.iterations,
+            "meta_params": sum(v.numel() for v in state.values()),
+            "sha256": hashlib.sha256((run_dir / "meta_params.pt").read_bytes()).hexdigest(),
+            "summary": summary,
+        },
+    }
+    if not size_free(config.agent, **config.agent_options):
+        manifest["x_dim"], manifest["n_classes"] = x_dim, n_classes
+    return state, manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Ship the meta-parameters of a `rulegym train` run folder as a pretrained rule.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("name", help="the rule's name (an identifier)")
+    parser.add_argument("--description", required=True, help="one line: what the rule is and how it was trained")
+    parser.add_argument("--default-compare", action="store_true", help="include it in `rulegym compare` with no arguments")
+    parser.add_argument("--command", default="", help="the command that trained it, recorded in the manifest")
+    args = parser.parse_args(argv)
+    state, manifest = manifest_from_run(args.run_dir, args.description, args.default_compare)
+    if args.command:
+        manifest["training"]["command"] = args.command
+    print(ship_rule(args.name, state, manifest))
+
+
+if __name__ == "__main__":
+    main()

@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def ship(agent: VSML, name: str, config: CloningConfig, grid: dict, history: list[dict], command: str) -> Path:
     """Write the cloned rule into the package's rules folder (parameters and manifest)."""
-    from rulegym.agents.pretrained import RULES_DIR
+    from rulegym.agents.pretrained import ship_rule
 
     last = {stage: next(row for row in reversed(history) if row["stage"] == stage) for stage in STAGES if any(r["stage"] == stage for r in history)}
     manifest = {
@@ -457,12 +457,7 @@ def ship(agent: VSML, name: str, config: CloningConfig, grid: dict, history: lis
         "training": {"command": command, "config": asdict(config)},
         "metrics": {"fig10": grid, "final_losses": last},
     }
-    RULES_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = RULES_DIR / f"{name}.pt.tmp"
-    torch.save(agent.state_dict(), tmp)
-    tmp.replace(RULES_DIR / f"{name}.pt")
-    (RULES_DIR / f"{name}.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return RULES_DIR / f"{name}.pt"
+    return ship_rule(name, agent.state_dict(), manifest)
 
 
 if __name__ == "__main__":

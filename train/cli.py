@@ -38,7 +38,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("\nPretrained rules (rulegym compare --agents NAME):")
     for name, info in sorted(PRETRAINED.items()):
-        print(f"  {name:<{width}}  {info.agent}: {info.description}")
+        sizes = f" [x_dim={info.sizes[0]}, n_classes={info.sizes[1]} only]" if info.sizes else ""
+        print(f"  {name:<{width}}  {info.agent}{sizes}: {info.description}")
     if not PRETRAINED:
         print("  (none shipped)")
     presets = sorted(Path(__file__).with_name("presets").glob("*.toml"))

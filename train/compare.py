@@ -81,6 +81,13 @@ class AgentSpec:
     def parse(cls, value: Any) -> "AgentSpec":
         return _parse_spec(cls, value, "agent", "name")
 
+    def fits(self, x_dim: int, n_classes: int) -> bool:
+        """Whether the agent runs at these sizes (False only for a shipped rule whose
+        meta-parameters fit other sizes, e.g. a meta-trained Meta RNN)."""
+        from rulegym.agents.pretrained import PRETRAINED
+
+        return self.name not in PRETRAINED or PRETRAINED[self.name].fits(x_dim, n_classes)
+
     def build(self, x_dim: int, n_classes: int):
         from rulegym.agents import make_agent
         from rulegym.agents.pretrained import PRETRAINED, load_pretrained
@@ -128,14 +135,20 @@ class EnvSpec:
 def _default_agents() -> list[Any]:
     from rulegym.agents.pretrained import PRETRAINED
 
-    shipped = [name for name, info in PRETRAINED.items() if info.in_default_compare]
+    # learned rules that run at any size first, then the size-bound meta-trained baselines
+    shipped = sorted((name for name, info in PRETRAINED.items() if info.in_default_compare), key=lambda n: (PRETRAINED[n].sizes is not None, n))
     return [*shipped, "sgd", "adam"]
 
 
 def _default_envs() -> list[Any]:
-    from rulegym.envs import EMBEDDED_ENV_IDS
-
-    return list(EMBEDDED_ENV_IDS)
+    """The embedded tasks, all with 64 inputs and 10 outputs (the digits' size), so that shipped
+    rules bound to that size (meta-trained Meta RNN and Hebbian baselines) run on every one;
+    Sum Sign keeps its labels 0 and 1 among 10 outputs."""
+    return [
+        "rulegym/Digits-v0",
+        {"env_id": "rulegym/Random-v0", "options": {"x_shape": 64}},
+        {"env_id": "rulegym/SumSign-v0", "options": {"x_shape": 64, "n_classes": 10}},
+    ]
 
 
 @dataclass
@@ -244,6 +257,7 @@ def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> lis
     import gymnasium as gym
     import torch
 
+    from rulegym.agents.pretrained import PRETRAINED
     from rulegym.train.loop import env_dims, evaluate
 
     if cfg.num_threads is not None:
@@ -260,15 +274,30 @@ def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> lis
             )
     res.write_json(config_path, cfg.to_dict())
     info = {"seeds": cfg.seeds, "versions": package_versions(), "command": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    cells = [(a, e, s) for e in cfg.envs for a in cfg.agents for s in cfg.seeds]
+    # each env's (x_dim, n_classes, steps), read from a 1-lifetime env (no data drawn)
+    dims: dict[str, tuple[int, int, int]] = {}
+    for env_spec in cfg.envs:
+        probe = gym.make_vec(env_spec.env_id, num_envs=1, **cfg.env_options(env_spec))
+        dims[env_spec.label] = (*env_dims(probe), min(cfg.steps, probe.unwrapped.task.lifetime_length))
+        probe.close()
+    skipped = [(a.label, e.label) for a in cfg.agents for e in cfg.envs if not a.fits(*dims[e.label][:2])]
+    for agent_spec in cfg.agents:
+        if all((agent_spec.label, e.label) in skipped for e in cfg.envs):
+            raise CompareConfigError(
+                f"agent {agent_spec.label!r} fits none of the envs: its meta-parameters are for "
+                f"x_dim, n_classes = {PRETRAINED[agent_spec.name].sizes}, the envs give "
+                f"{sorted({d[:2] for d in dims.values()})}; drop it or give the envs that size (e.g. resize=8)."
+            )
+    for agent_label, env_label in skipped:
+        print(f"rulegym compare: skipping {agent_label} on {env_label}: its meta-parameters fit other input/output sizes "
+              f"than the env's {dims[env_label][:2]}.", file=sys.stderr)
+    cells = [(a, e, s) for e in cfg.envs for a in cfg.agents for s in cfg.seeds if (a.label, e.label) not in skipped]
+    info["skipped"] = [list(pair) for pair in skipped]
     todo = [c for c in cells if not res.cell_path(out_dir, c[0].label, c[1].label, c[2]).exists()]
     start = time.perf_counter()
     for i, (agent_spec, env_spec, seed) in enumerate(todo):
         opts = cfg.env_options(env_spec)
-        probe = gym.make_vec(env_spec.env_id, num_envs=1, **opts)
-        x_dim, n_classes = env_dims(probe)
-        steps = min(cfg.steps, probe.unwrapped.task.lifetime_length)
-        probe.close()
+        x_dim, n_classes, steps = dims[env_spec.label]
         torch.manual_seed(seed)  # meta-parameter init of agents built untrained
         agent = agent_spec.build(x_dim, n_classes)
         if progress:

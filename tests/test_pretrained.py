@@ -1,0 +1,116 @@
+"""Shipped pretrained rules: every one loads and runs; size-bound rules refuse other sizes with a
+clear error; shipping a `rulegym train` run folder round-trips; compare skips cells a rule does
+not fit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rulegym.agents import make_agent
+from rulegym.agents.pretrained import PRETRAINED, load_pretrained, main as ship_main, manifest_from_run, ship_rule, size_free
+from rulegym.learners import BPTTConfig, meta_train
+from rulegym.train.cli import main as cli_main
+from rulegym.train.compare import CompareConfig, CompareConfigError, run_compare
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
+
+def obs(batch: int, x_dim: int, n_classes: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"x": torch.randn(batch, x_dim, generator=g), "y_prev": torch.zeros(batch, n_classes), "err_prev": torch.zeros(batch, n_classes)}
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_every_shipped_rule_loads_and_steps(name):
+    info = PRETRAINED[name]
+    x_dim, n_classes = info.sizes or (12, 3)
+    agent = load_pretrained(name, x_dim, n_classes)
+    saved = torch.load(info.path, map_location="cpu", weights_only=True)
+    assert all(torch.equal(agent.state_dict()[k], v) for k, v in saved.items())
+    with torch.no_grad():
+        logits, _ = agent.step(obs(2, x_dim, n_classes), agent.initial_state(2))
+    assert logits.shape == (2, n_classes) and torch.isfinite(logits).all()
+    # the manifest says how it was made
+    assert info.description and "command" in info.meta["training"]
+    assert (info.sizes is None) == size_free(info.agent, **info.options)
+
+
+def test_size_bound_rules_name_their_sizes():
+    bound = {n: i for n, i in PRETRAINED.items() if i.sizes is not None}
+    assert {"meta_rnn_mnist", "hebbian_mnist"} <= set(bound)
+    for name, info in bound.items():
+        assert info.sizes == (64, 10)
+        with pytest.raises(ValueError, match=r"fit x_dim=64, n_classes=10 only, not x_dim=784.*resize=8"):
+            load_pretrained(name, 784, 10)
+    # a size-free rule runs at any size
+    assert PRETRAINED["vsml_mnist"].sizes is None
+    load_pretrained("vsml_mnist", 784, 10)
+
+
+def test_size_free():
+    assert size_free("vsml") and size_free("sgd")
+    assert not size_free("meta_rnn") and not size_free("hebbian")
+
+
+def test_ship_a_train_run_folder(tmp_path):
+    task = {"env_id": "rulegym/Random-v0", "options": {"x_shape": 6, "n_images": 3, "n_classes": 3, "lifetime_length": 8}}
+    run = tmp_path / "run"
+    cfg = BPTTConfig(agent="meta_rnn", agent_options={"hidden": 8}, tasks=[task], iterations=2, batch_size=2, progress=False, eval_every=0)
+    params, _ = meta_train(cfg, run)
+    state, manifest = manifest_from_run(run, "a tiny Meta RNN", in_default_compare=False)
+    assert (manifest["x_dim"], manifest["n_classes"]) == (6, 3)
+    assert manifest["agent"] == "meta_rnn" and manifest["agent_options"] == {"hidden": 8}
+    assert manifest["training"]["iterations"] == 2 and len(manifest["training"]["sha256"]) == 64
+    rules = tmp_path / "rules"
+    path = ship_rule("tiny_rnn", state, manifest, rules_dir=rules)
+    loaded = torch.load(path, weights_only=True)
+    assert all(torch.equal(loaded[k], v) for k, v in params.items())
+    assert json.loads((rules / "tiny_rnn.json").read_text())["description"] == "a tiny Meta RNN"
+    assert not list(rules.glob("*.tmp"))
+    agent = make_agent("meta_rnn", 6, 3, hidden=8)
+    agent.load_state_dict(loaded)
+    # a size-free agent's manifest records no sizes
+    run_v = tmp_path / "run_vsml"
+    meta_train(cfg.replace(agent="vsml", agent_options={"state_size": 4, "msg_size": 2}), run_v)
+    assert "x_dim" not in manifest_from_run(run_v, "tiny vsml")[1]
+    with pytest.raises(ValueError, match="identifier"):
+        ship_rule("bad name", state, manifest, rules_dir=rules)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        manifest_from_run(tmp_path / "nowhere", "x")
+    with pytest.raises(SystemExit):
+        ship_main([str(run), "x"])  # --description is required
+
+
+@pytest.fixture
+def no_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("RULEGYM_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("RULEGYM_OFFLINE", "1")
+
+
+def test_default_compare_runs_every_shipped_default_rule_on_every_embedded_task():
+    cfg = CompareConfig()
+    names = [a.name for a in cfg.agents]
+    assert {"vsml_mnist", "meta_rnn_mnist", "hebbian_mnist", "sgd", "adam"} <= set(names)
+    assert names.index("vsml_mnist") < names.index("meta_rnn_mnist")  # size-free rules first
+    assert {e.label for e in cfg.envs} == {"Digits", "Random", "SumSign"}
+
+
+def test_compare_skips_cells_a_rule_does_not_fit(tmp_path, no_data, capsys):
+    small = {"env_id": "rulegym/Random-v0", "options": {"x_shape": 64}, "label": "Random64"}
+    large = {"env_id": "rulegym/Random-v0", "options": {"x_shape": 100}, "label": "Random100"}
+    cfg = CompareConfig(agents=["meta_rnn_mnist", "sgd"], envs=[small, large], seeds=[0], lifetimes=2, steps=10, plots=False, tensorboard=False)
+    rows = run_compare(cfg, tmp_path / "run", progress=False)
+    assert {(r["agent"], r["env"]) for r in rows} == {("meta_rnn_mnist", "Random64"), ("sgd", "Random64"), ("sgd", "Random100")}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["skipped"] == [["meta_rnn_mnist", "Random100"]]
+    assert "skipping meta_rnn_mnist on Random100" in capsys.readouterr().err
+    with pytest.raises(CompareConfigError, match="fits none of the envs.*resize=8"):
+        run_compare(cfg.__class__(agents=["hebbian_mnist"], envs=[large], seeds=[0], lifetimes=2, steps=10), tmp_path / "run2", progress=False)
+
+
+def test_list_shows_the_sizes_of_size_bound_rules(capsys):
+    assert cli_main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "meta_rnn_mnist" in out and "[x_dim=64, n_classes=10 only]" in out
