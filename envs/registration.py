@@ -61,6 +61,11 @@ ENVS: dict[str, EnvInfo] = {
 EMBEDDED_ENV_IDS = tuple(i for i, info in ENVS.items() if not info.needs_data)
 
 
+def task_options(env_id: str) -> list[str]:
+    """The options a registered env's task takes (its constructor's keyword arguments)."""
+    return [p for p in inspect.signature(TASKS[ENVS[env_id].task]).parameters if p != "self"]
+
+
 def make_task(task: str, **options: Any) -> Task:
     """Build a task by family name, with a clear error for unknown names or options."""
     if task not in TASKS:

@@ -130,3 +130,32 @@ def test_eval_runs_saved_meta_parameters(tmp_path, no_data, capsys):
     torch.save(make_agent("meta_rnn", 16, 2, hidden=4).state_dict(), bad)
     assert main(["eval", "--params", f"meta_rnn={bad}", env, "--out", str(tmp_path / "e2"), *LEAN, *SMALL]) == 2
     assert "do not fit" in capsys.readouterr().err
+
+
+def test_every_preset_is_valid_and_gives_its_envs_only_options_they_take():
+    from pathlib import Path
+
+    from rulegym.envs.registration import task_options
+
+    presets = sorted((Path(compare_mod.__file__).parent / "presets").glob("*.toml"))
+    assert len(presets) >= 8
+    for preset in presets:
+        cfg = load_compare_config(preset)
+        for env in cfg.envs:
+            unknown = set(cfg.env_options(env)) - set(task_options(env.env_id))
+            assert not unknown, (preset.name, env.env_id, unknown)
+
+
+def test_compare_runs_omniglot_episodes(tmp_path):
+    """Omniglot lifetimes are their episodes (no lifetime_length); `steps` truncates them."""
+    import os
+
+    if not os.environ.get("RULEGYM_DATA"):
+        pytest.skip("needs RULEGYM_DATA (Omniglot)")
+    env = {"env_id": "rulegym/Omniglot-v0", "options": {"split": "test", "ways": 3, "shots": 1, "episodes": 2}}
+    cfg = CompareConfig(agents=["sgd"], envs=[env], seeds=[0], lifetimes=2, steps=5, ks=[5], plots=False, tensorboard=False)
+    assert "lifetime_length" not in cfg.env_options(cfg.envs[0])
+    rows = compare_mod.run_compare(cfg, tmp_path / "run", progress=False)
+    with np.load(tmp_path / "run" / "cells" / "sgd__Omniglot__s0.npz") as z:
+        assert z["correct"].shape == (5, 2)
+    assert rows[0]["lifetimes"] == 2

@@ -213,6 +213,12 @@ class CompareConfig:
             raise CompareConfigError(f"bad compare config: {err}") from err
 
     def env_options(self, env: EnvSpec) -> dict[str, Any]:
+        """The env's options, with ``steps`` as its lifetime length where the task has one
+        (an Omniglot lifetime is its episodes; ``steps`` then only truncates it)."""
+        from rulegym.envs.registration import task_options
+
+        if "lifetime_length" not in task_options(env.env_id):
+            return dict(env.options)
         return {"lifetime_length": self.steps, **env.options}
 
 
