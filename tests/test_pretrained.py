@@ -108,6 +108,7 @@ def test_compare_skips_cells_a_rule_does_not_fit(tmp_path, no_data, capsys):
     assert "skipping meta_rnn_mnist on Random100" in capsys.readouterr().err
     with pytest.raises(CompareConfigError, match="fits none of the envs.*resize=8"):
         run_compare(cfg.__class__(agents=["hebbian_mnist"], envs=[large], seeds=[0], lifetimes=2, steps=10), tmp_path / "run2", progress=False)
+    assert not (tmp_path / "run2").exists()  # refused before anything was written
 
 
 def test_list_shows_the_sizes_of_size_bound_rules(capsys):

@@ -268,18 +268,6 @@ def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> lis
 
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_path = out_dir / "config.json"
-    if config_path.exists():
-        old = json.loads(config_path.read_text())
-        if old != cfg.to_dict():
-            raise CompareConfigError(
-                f"{out_dir} holds a comparison with a different config; use a new --out folder, "
-                f"or the same config to resume it (differences in: "
-                f"{sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))})."
-            )
-    res.write_json(config_path, cfg.to_dict())
-    info = {"seeds": cfg.seeds, "versions": package_versions(), "command": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     # each env's (x_dim, n_classes, steps), read from a 1-lifetime env (no data drawn)
     dims: dict[str, tuple[int, int, int]] = {}
     for env_spec in cfg.envs:
@@ -297,6 +285,18 @@ def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> lis
     for agent_label, env_label in skipped:
         print(f"rulegym compare: skipping {agent_label} on {env_label}: its meta-parameters fit other input/output sizes "
               f"than the env's {dims[env_label][:2]}.", file=sys.stderr)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / "config.json"
+    if config_path.exists():
+        old = json.loads(config_path.read_text())
+        if old != cfg.to_dict():
+            raise CompareConfigError(
+                f"{out_dir} holds a comparison with a different config; use a new --out folder, "
+                f"or the same config to resume it (differences in: "
+                f"{sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))})."
+            )
+    res.write_json(config_path, cfg.to_dict())
+    info = {"seeds": cfg.seeds, "versions": package_versions(), "command": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     cells = [(a, e, s) for e in cfg.envs for a in cfg.agents for s in cfg.seeds if (a.label, e.label) not in skipped]
     info["skipped"] = [list(pair) for pair in skipped]
     todo = [c for c in cells if not res.cell_path(out_dir, c[0].label, c[1].label, c[2]).exists()]
