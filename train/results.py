@@ -8,11 +8,13 @@ the labels), written atomically, so a run can be resumed and several runs can be
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -206,6 +208,15 @@ def _save(fig, stem: Path) -> list[Path]:
     return paths
 
 
+@contextlib.contextmanager
+def _unscored_steps_allowed():
+    """Steps that no lifetime scores (Omniglot's support steps: loss_mask 0) are NaN in every
+    curve; their mean is NaN (a gap in the plot), not a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 def plot_curves(cells: list[Cell], stem: Path) -> list[Path]:
     """Online accuracy curves, one panel per env, all agents on a shared axis; mean and 95%
     interval over seeds (curves smoothed over a window of ~2% of the lifetime). PNG and SVG."""
@@ -225,11 +236,12 @@ def plot_curves(cells: list[Cell], stem: Path) -> list[Path]:
             steps = min(c.correct.shape[0] for c in group)
             window = max(1, steps // 50)
             curves = np.stack([_smooth(c.curve()[:steps], window) for c in group])
-            mean = np.nanmean(curves, axis=0)
+            with _unscored_steps_allowed():
+                mean = np.nanmean(curves, axis=0)
+                half = stats.t.ppf(0.975, len(group) - 1) * np.nanstd(curves, axis=0, ddof=1) / math.sqrt(len(group)) if len(group) > 1 else None
             x = np.arange(1, steps + 1)
             (line,) = ax.plot(x, mean, label=agent, lw=1.4)
-            if len(group) > 1:
-                half = stats.t.ppf(0.975, len(group) - 1) * np.nanstd(curves, axis=0, ddof=1) / math.sqrt(len(group))
+            if half is not None:
                 ax.fill_between(x, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), color=line.get_color(), alpha=0.2, lw=0)
         ax.set_title(env)
         ax.set_ylim(0.0, 1.02)
@@ -275,7 +287,8 @@ def write_tensorboard(cells: list[Cell], logdir: Path) -> None:
             if not group:
                 continue
             steps = min(c.correct.shape[0] for c in group)
-            curve = np.nanmean(np.stack([c.curve()[:steps] for c in group]), axis=0)
+            with _unscored_steps_allowed():
+                curve = np.nanmean(np.stack([c.curve()[:steps] for c in group]), axis=0)
             for t, value in enumerate(curve):
                 if not math.isnan(value):
                     writer.add_scalar(f"online_accuracy/{env}", float(value), global_step=t + 1)
