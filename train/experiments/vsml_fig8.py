@@ -23,9 +23,9 @@ lifetimes), ``grid.md`` and one heat map per agent ``heatmap_<agent>.png``/``.sv
 ``--quick``: VSML and the Meta RNN, training sets MNIST, Random and "all", 30 meta-iterations of
 8 lifetimes x 50 steps. The full grid (default): all four agents, all 13 training sets, 600
 iterations of 8 x 100 steps (VSML needs about that many to start learning at this scale) --
-hours on 2 cores; the paper's rules had far more compute. ``--agents`` picks agents, so two
-processes can share the cores; a last run over all agents then reuses every finished rule
-and writes the whole grid.
+hours on 2 cores; the paper's rules had far more compute. ``--agents`` and ``--sets`` pick agents and
+training sets, so processes can share the cores; a last run over everything then reuses every
+finished rule and writes the whole grid.
 """
 
 from __future__ import annotations
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="VSML and Meta RNN; MNIST, Random and all; 30 iterations")
     parser.add_argument("--agents", nargs="*", choices=LEARNED, help="learned agents to meta-train (default: all, or --quick's)")
+    parser.add_argument("--sets", nargs="*", metavar="SET",
+                        help='training sets to run (default: all 13; names as in the grid: MNIST, ..., "all", "no MNIST", ...)')
     parser.add_argument("--iterations", type=int, help="meta-iterations per rule (default 600, --quick 30)")
     parser.add_argument("--test-lifetimes", type=int, default=16)
     parser.add_argument("--test-steps", type=int, default=100)
@@ -146,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     sets = training_sets(names)
     if args.quick:
         sets = {k: sets[k] for k in ("MNIST", "Random", "all")}
+    if args.sets:
+        unknown = sorted(set(args.sets) - set(sets))
+        if unknown:
+            parser.error(f"unknown training set(s) {unknown}; valid: {', '.join(sets)}")
+        sets = {k: v for k, v in sets.items() if k in args.sets}
     iterations = args.iterations or (30 if args.quick else 600)
     length = 50 if args.quick else 100
     args.out.mkdir(parents=True, exist_ok=True)
