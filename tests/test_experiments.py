@@ -75,3 +75,8 @@ def test_fig8_grid_runs_and_resumes(tmp_path):
     assert params.stat().st_mtime_ns == stamp
     with Image.open(tmp_path / "heatmap_vsml.png") as im:
         im.verify()
+    # --sets restricts the training sets (processes can split a grid); unknown names are refused
+    assert vsml_fig8.main([*args, "--sets", "Random"]) == 0
+    assert {r["train"] for r in csv.DictReader(open(tmp_path / "grid.csv")) if r["agent"] == "vsml"} == {"Random"}
+    with pytest.raises(SystemExit):
+        vsml_fig8.main([*args, "--sets", "no Nothing"])
