@@ -27,6 +27,13 @@ def one_thread():
 
 
 @pytest.fixture
+def no_data(monkeypatch, tmp_path):
+    """No data root and no network: what the embedded default must run with."""
+    monkeypatch.setenv("RULEGYM_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("RULEGYM_OFFLINE", "1")
+
+
+@pytest.fixture
 def cifar_root(tmp_path, monkeypatch):
     """A data root holding a generated CIFAR-10 archive whose checksum the table accepts."""
     root = tmp_path / "data"

@@ -17,13 +17,6 @@ SMALL = ["--seeds", "0", "1", "--lifetimes", "3", "--steps", "40", "--no-progres
 LEAN = ["--set", "plots=false", "--set", "tensorboard=false"]  # where the test reads neither
 
 
-@pytest.fixture
-def no_data(monkeypatch, tmp_path):
-    """The embedded default needs no data root and no network."""
-    monkeypatch.setenv("RULEGYM_DATA", str(tmp_path / "empty"))
-    monkeypatch.setenv("RULEGYM_OFFLINE", "1")
-
-
 def test_compare_end_to_end(tmp_path, no_data, capsys):
     out = tmp_path / "run"
     assert main(["compare", "--agents", "sgd", "adam", "--out", str(out), "--set", "ks=[5,20]", *SMALL]) == 0

@@ -84,12 +84,6 @@ def test_ship_a_train_run_folder(tmp_path):
         ship_main([str(run), "x"])  # --description is required
 
 
-@pytest.fixture
-def no_data(monkeypatch, tmp_path):
-    monkeypatch.setenv("RULEGYM_DATA", str(tmp_path / "empty"))
-    monkeypatch.setenv("RULEGYM_OFFLINE", "1")
-
-
 def test_default_compare_runs_every_shipped_default_rule_on_every_embedded_task():
     cfg = CompareConfig()
     names = [a.name for a in cfg.agents]
