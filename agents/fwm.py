@@ -44,20 +44,35 @@ from rulegym.agents.registry import register_agent
 KEY_NORMS = ("tanh", "l2")
 
 
+def _address(k1: Tensor, k2: Tensor) -> Tensor:
+    """The outer product k1 (x) k2 of [B, s] keys, flattened: [B, s * s]."""
+    return (k1.unsqueeze(2) * k2.unsqueeze(1)).flatten(1)
+
+
 def fwm_lookup(F: Tensor, k1: Tensor, k2: Tensor) -> Tensor:
-    """Contract F [B, s, s, s] with the address k1 (x) k2 ([B, s] each): a value [B, s]."""
-    return torch.einsum("bijk,bi,bj->bk", F, k1, k2)
+    """Contract F [B, s, s, s] with the address k1 (x) k2 ([B, s] each): a value [B, s].
+
+    One batched matmul of the address [B, 1, s*s] with F viewed as [B, s*s, s]; F is read in
+    place (an einsum over the three operands copied F into a permuted layout first, which was
+    most of the agent's time).
+    """
+    B, s = k1.shape
+    return torch.bmm(_address(k1, k2).unsqueeze(1), F.reshape(B, s * s, s)).view(B, s)
 
 
 def fwm_write(F: Tensor, k1: Tensor, k2: Tensor, v: Tensor, beta: Tensor) -> Tensor:
     """Delta-rule write of value v at address k1 (x) k2 with strength beta [B, 1], then the norm bound.
 
-    F + beta (k1 (x) k2) (x) (v - F . (k1 (x) k2)), divided by max(1, ||.||_F) per lifetime.
+    F + beta (k1 (x) k2) (x) (v - F . (k1 (x) k2)), divided by max(1, ||.||_F) per lifetime. The
+    rank-one update is one ``baddbmm`` into F viewed as [B, s*s, s].
     """
-    delta = beta * (v - fwm_lookup(F, k1, k2))
-    F = F + torch.einsum("bi,bj,bk->bijk", k1, k2, delta)
-    norm = F.flatten(1).norm(dim=1).clamp(min=1.0)
-    return F / norm.view(-1, 1, 1, 1)
+    B, s = k1.shape
+    a = _address(k1, k2).unsqueeze(2)  # [B, s*s, 1]
+    Fm = F.reshape(B, s * s, s)
+    v_old = torch.bmm(a.transpose(1, 2), Fm).view(B, s)
+    G = torch.baddbmm(Fm, a, (beta * (v - v_old)).unsqueeze(1))
+    inv_norm = G.flatten(1).norm(dim=1).clamp(min=1.0).reciprocal()
+    return (G * inv_norm.view(B, 1, 1)).view(B, s, s, s)
 
 
 class FastWeightMemory(Agent):
