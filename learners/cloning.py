@@ -21,6 +21,10 @@ of a layer are those means. The curriculum (``stages``):
 
 * ``shallow``    -- independent connections, each with its own random x, e (and ``minibatch``
   data points from one state whose new states are averaged, as a mini-batch averages updates);
+* ``chain``      -- independent connections run ``chain_length`` updates in a row on fresh x, e
+  each step, scored at every step against exact backprop's weights after as many updates
+  (backpropagated through the whole chain), so errors that only show after many updates --
+  a small systematic drift per update -- are trained away;
 * ``deep_truth`` -- two-layer networks whose second layer reads the ground-truth hidden
   activations and whose first layer reads the ground-truth backpropagated error;
 * ``deep_own``   -- the same networks running on the VSML's own forward and backward messages,
@@ -30,7 +34,10 @@ Training states come from a buffer of the VSML's own past states (each backward 
 states go back in) mixed with fresh initial states, so the rule is trained on the states it
 will visit. Update errors are measured in units of eta (the size of an update).
 
-    python -m rulegym.learners.cloning --out runs/cloned --iterations 20000,5000,5000 [--ship NAME]
+    python -m rulegym.learners.cloning --out runs/cloned --iterations 20000,2000,5000,5000 [--ship NAME]
+
+``--init NAME`` starts from a shipped cloned rule (or a run folder's ``meta_params.pt``) instead
+of a fresh VSML, e.g. to run only further stages (``--iterations 0,3000,0,0``).
 
 ``--ship NAME`` also writes the result as a pretrained rule (``agents/rules/NAME.pt`` and its
 manifest), loadable by name like every shipped rule.
@@ -55,7 +62,8 @@ from rulegym.agents.backprop_net import layer_backward, layer_forward
 from rulegym.agents.vsml import VSML, weight_slots
 from rulegym.agents.vsml_kernels import lstm_ticks
 
-STAGES = ("shallow", "deep_truth", "deep_own")
+STAGES = ("shallow", "chain", "deep_truth", "deep_own")
+INPUT_DISTRIBUTIONS = ("normal", "mixed")
 
 #: the agent options of a cloned rule (the learner builds the VSML with these)
 CLONED_OPTIONS = {
@@ -73,7 +81,7 @@ CLONED_OPTIONS = {
 class CloningConfig:
     """What the cloning learner does (all validated by :meth:`check`)."""
 
-    iterations: tuple[int, ...] = (3000, 1500, 1500)  #: per stage, in ``STAGES`` order
+    iterations: tuple[int, ...] = (3000, 0, 1500, 1500)  #: per stage, in ``STAGES`` order
     eta: float = 0.3  #: the learning rate the cloned rule implements
     lr: float = 3e-3  #: Adam's learning rate for the meta-parameters
     lr_final: float = 0.05  #: the learning rate decays (cosine, over all stages) to lr * lr_final
@@ -82,9 +90,19 @@ class CloningConfig:
     networks: int = 32  #: sampled networks per deep step
     deep_sizes: tuple[int, int, int] = (6, 5, 4)  #: inputs, hidden, outputs of the deep networks
     minibatch: int = 1  #: data points per state in the shallow stage, new states averaged
-    x_std: float = 1.0  #: inputs ~ N(0, x_std^2)
+    chain_length: int = 16  #: updates per sampled state in the chain stage
+    chain_connections: int = 256  #: sampled connections per chain step
+    x_std: float = 1.0  #: inputs ~ N(0, x_std^2) ...
+    #: ... or, with inputs="mixed", a third N(0, x_std^2), a third exactly 0 and a third U(0, 1), as
+    #: image pixels are (mostly 0, else in [0, 1]): a rule that drifts or biases its message when
+    #: x = 0 is wrong on most of an image's connections at once
+    inputs: str = "normal"
     error_scale: float = 1.0  #: half the errors ~ U(-1, 1) * error_scale * 10^U(-1.3, 0), half p - onehot
     init_weight_std: float = 1.0  #: the cloned rule's initial weights ~ N(0, std^2) (agent option)
+    #: a weight is weight_scale x the mean of its cell slots (agent option; 4 in the paper). The
+    #: forward message reads the weight through h = o tanh(c), so weights beyond ~weight_scale
+    #: saturate it: a lifetime whose weights grow past that needs a larger scale
+    weight_scale: float = 4.0
     train_weight_std: float = 2.0  #: fresh training states' weights ~ N(0, std^2), biases N(0, (std/2)^2):
     #: wider than the initial weights, as a lifetime's updates carry weights away from them
     buffer_size: int = 65536
@@ -100,15 +118,17 @@ class CloningConfig:
     def check(self) -> "CloningConfig":
         if len(self.iterations) != len(STAGES) or any(int(i) < 0 for i in self.iterations):
             raise ValueError(f"iterations must be {len(STAGES)} counts >= 0 for the stages {STAGES}, got {self.iterations!r}.")
-        for name in ("eta", "lr", "lr_final", "grad_clip", "x_std", "error_scale", "init_weight_std", "train_weight_std", "update_weight"):
+        for name in ("eta", "lr", "lr_final", "grad_clip", "x_std", "error_scale", "init_weight_std", "train_weight_std", "update_weight", "weight_scale"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
-        for name in ("connections", "networks", "minibatch", "buffer_size", "state_size", "msg_size", "log_every"):
+        for name in ("connections", "networks", "minibatch", "chain_length", "chain_connections", "buffer_size", "state_size", "msg_size", "log_every"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if len(self.deep_sizes) != 3 or any(int(s) < 1 for s in self.deep_sizes):
             raise ValueError(f"deep_sizes must be (inputs, hidden, outputs) >= 1, got {self.deep_sizes!r}.")
+        if self.inputs not in INPUT_DISTRIBUTIONS:
+            raise ValueError(f"inputs must be one of {INPUT_DISTRIBUTIONS}, got {self.inputs!r}.")
         if not 0.0 <= self.fresh_fraction <= 1.0:
             raise ValueError(f"fresh_fraction must lie in [0, 1], got {self.fresh_fraction!r}.")
         if self.state_size < 2:
@@ -116,10 +136,15 @@ class CloningConfig:
         return self
 
 
+def cloned_options(config: CloningConfig) -> dict:
+    """The VSML options of the rule ``config`` clones (as shipped in its manifest)."""
+    return {**CLONED_OPTIONS, "init_weight_std": config.init_weight_std, "weight_scale": config.weight_scale,
+            "state_size": config.state_size, "msg_size": config.msg_size, **config.agent_options}
+
+
 def make_cloned_vsml(config: CloningConfig, x_dim: int = 2, n_classes: int = 2, hidden=(2,)) -> VSML:
     """A VSML set up to be cloned (two layers, so every meta-parameter is trainable)."""
-    options = {**CLONED_OPTIONS, "init_weight_std": config.init_weight_std, **config.agent_options}
-    return make_agent("vsml", x_dim, n_classes, hidden=tuple(hidden), state_size=config.state_size, msg_size=config.msg_size, **options)
+    return make_agent("vsml", x_dim, n_classes, hidden=tuple(hidden), **cloned_options(config))
 
 
 def check_cloned(agent: VSML) -> None:
@@ -163,7 +188,7 @@ class StateBuffer:
         """Initial states: weight ~ N(0, std^2) and bias ~ N(0, (std/2)^2), scaled, in the
         weight and bias slots of both c and h (as VSML's ``init_weight_std`` lays them out,
         there with bias 0)."""
-        n, std, scale = self.config.state_size, self.config.train_weight_std, CLONED_OPTIONS["weight_scale"]
+        n, std, scale = self.config.state_size, self.config.train_weight_std, self.config.weight_scale
         w_slots, b_slots = weight_slots(n)
         out = torch.zeros(count, 2, n)
         out[:, :, w_slots] = (torch.randn(count, 1, 1, generator=self.g) * std / scale).clamp(-0.99, 0.99)
@@ -216,6 +241,15 @@ def backprop_targets(x: Tensor, e: Tensor, w: Tensor, b: Tensor, eta: float) -> 
     return {"y": layer_forward(x, w, b), "delta": delta, "w_new": w_new, "b_new": b_new}
 
 
+def _inputs(config: CloningConfig, generator: torch.Generator, shape: tuple[int, ...]) -> Tensor:
+    """Inputs x of the training connections (see ``CloningConfig.inputs``)."""
+    x = torch.randn(shape, generator=generator) * config.x_std
+    if config.inputs == "mixed":
+        kind = torch.randint(3, shape, generator=generator)
+        x = torch.where(kind == 1, 0.0, torch.where(kind == 2, torch.rand(shape, generator=generator), x))
+    return x
+
+
 def _errors(config: CloningConfig, generator: torch.Generator, shape: tuple[int, ...]) -> Tensor:
     """Errors at the outputs: half small and large uniform ones over four decades of size,
     half as a softmax output gives them (p - onehot of random logits and labels, over the
@@ -253,7 +287,7 @@ def shallow_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: tor
     h0, c0 = buffer.sample(s)
     h = h0.repeat_interleave(k, 0)[:, :, None, None]
     c = c0.repeat_interleave(k, 0)[:, :, None, None]
-    x = torch.randn(s * k, 1, generator=g) * config.x_std
+    x = _inputs(config, g, (s * k, 1))
     e = _errors(config, g, (s * k, 1))
     w, b_conn = _decode(c, scale)  # [S*k, 1, 1] each
     b = b_conn[:, :, 0]
@@ -274,6 +308,55 @@ def shallow_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: tor
     return loss, {"forward": fwd_err.item(), "backward": bwd_err.item(), "update": upd_err.item()}
 
 
+def chain_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.Generator) -> tuple[Tensor, dict]:
+    """Independent connections through ``chain_length`` updates, each with fresh x and e: the
+    forward and backward messages and the new weights are scored at every step against exact
+    backprop run from the same starting weights, and the loss is backpropagated through the
+    whole chain. The last states go back into the buffer."""
+    s, steps, msg, scale, eta = config.chain_connections, config.chain_length, config.msg_size, agent.weight_scale, config.eta
+    h, c = (t[:, :, None, None] for t in buffer.sample(s))
+    w, b_conn = _decode(c, scale)  # the exact chain starts from the weights the states hold
+    w, b = w[:, :, 0], b_conn[:, :, 0]  # [S, 1]
+    zeros = torch.zeros(s, 1, msg)
+    fwd_err = bwd_err = upd_err = torch.zeros(())
+    for _ in range(steps):  # a chain of updates is sequential
+        x = _inputs(config, g, (s, 1))
+        e = _errors(config, g, (s, 1))
+        target = backprop_targets(x, e, w[:, :, None], b, eta)
+        _, _, fwd, _ = tick(agent, False, h, c, _pad(x, msg), zeros)
+        h, c, _, bwd = tick(agent, True, h, c, _pad(x, msg), _pad(e, msg))
+        w, b = target["w_new"][:, :, 0], target["b_new"]
+        fwd_err = fwd_err + ((fwd[:, 0, 0] - target["y"][:, 0]) ** 2).mean()
+        bwd_err = bwd_err + ((bwd[:, 0, 0] - target["delta"][:, 0]) ** 2).mean()
+        upd_err = upd_err + _update_error(c, w[:, :, None], b[:, :, None], scale, eta)
+    fwd_err, bwd_err, upd_err = fwd_err / steps, bwd_err / steps, upd_err / steps
+    buffer.push(_flat_state(h), _flat_state(c))
+    loss = fwd_err + bwd_err + config.update_weight * upd_err
+    return loss, {"forward": fwd_err.item(), "backward": bwd_err.item(), "update": upd_err.item()}
+
+
+@torch.no_grad()
+def chain_drift(agent: VSML, config: CloningConfig, steps: int, count: int = 4096, seed: int = 0) -> dict[str, float]:
+    """How far the weights a cloned rule holds drift from exact backprop's over ``steps``
+    updates with random x and e, from fresh states: the mean |w_clone - w_exact| and, for
+    scale, the mean |w_exact - w_start| (how far the updates moved the weights)."""
+    g = torch.Generator().manual_seed(seed)
+    buffer = StateBuffer(config, g)
+    h, c = (t[:, :, None, None] for t in buffer.fresh(count).unbind(1))
+    scale, msg = agent.weight_scale, agent.msg_size
+    w0, b_conn = _decode(c, scale)
+    w, b = w0[:, :, 0], b_conn[:, :, 0]
+    start = w.clone()
+    for _ in range(steps):
+        x = _inputs(config, g, (count, 1))
+        e = _errors(config, g, (count, 1))
+        target = backprop_targets(x, e, w[:, :, None], b, config.eta)
+        h, c, _, _ = tick(agent, True, h, c, _pad(x, msg), _pad(e, msg))
+        w, b = target["w_new"][:, :, 0], target["b_new"]
+    w_clone = _decode(c, scale)[0][:, :, 0]
+    return {"steps": steps, "clone_gap": (w_clone - w).abs().mean().item(), "exact_change": (w - start).abs().mean().item()}
+
+
 def deep_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.Generator, own: bool) -> tuple[Tensor, dict]:
     """Two-layer networks; the second layer reads the true (``own=False``) or the VSML's own
     hidden activations, the first the true or the VSML's own backpropagated error."""
@@ -281,7 +364,7 @@ def deep_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.
     n_in, n_hid, n_out = config.deep_sizes
     h1, c1 = _layer_state(*buffer.sample(s * n_hid * n_in), (s, n_hid, n_in))
     h2, c2 = _layer_state(*buffer.sample(s * n_out * n_hid), (s, n_out, n_hid))
-    x = torch.randn(s, n_in, generator=g) * config.x_std
+    x = _inputs(config, g, (s, n_in))
     e = _errors(config, g, (s, n_out))
     w1, b1c = _decode(c1, scale)
     w2, b2c = _decode(c2, scale)
@@ -336,6 +419,8 @@ def train_cloning(config: CloningConfig, agent: VSML | None = None, log=None) ->
         for i in range(int(iters)):
             if stage == "shallow":
                 loss, parts = shallow_loss(agent, buffer, config, g)
+            elif stage == "chain":
+                loss, parts = chain_loss(agent, buffer, config, g)
             else:
                 loss, parts = deep_loss(agent, buffer, config, g, own=stage == "deep_own")
             opt.zero_grad(set_to_none=True)
@@ -406,7 +491,12 @@ def plot_error_grid(agent: VSML, path: Path, xs: Tensor | None = None, ws: Tenso
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="run folder (meta-parameters, history, Figure 10)")
-    parser.add_argument("--iterations", default="3000,1500,1500", help="per stage: shallow,deep_truth,deep_own")
+    parser.add_argument("--iterations", default="3000,0,1500,1500", help="per stage: shallow,chain,deep_truth,deep_own")
+    parser.add_argument("--chain-length", type=int, default=CloningConfig.chain_length, help="updates per state in the chain stage")
+    parser.add_argument("--weight-scale", type=float, default=CloningConfig.weight_scale, help="weight = scale x mean of its cell slots")
+    parser.add_argument("--train-weight-std", type=float, default=CloningConfig.train_weight_std, help="spread of the fresh training states' weights")
+    parser.add_argument("--inputs", choices=INPUT_DISTRIBUTIONS, default=CloningConfig.inputs, help="training inputs: normal, or mixed (a third each normal, 0, U(0,1))")
+    parser.add_argument("--init", metavar="RULE", help="start from this shipped cloned rule, or a run folder holding meta_params.pt")
     parser.add_argument("--eta", type=float, default=CloningConfig.eta)
     parser.add_argument("--lr", type=float, default=CloningConfig.lr)
     parser.add_argument("--minibatch", type=int, default=1)
@@ -420,9 +510,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         iterations = tuple(int(v) for v in args.iterations.split(","))
     except ValueError:
-        parser.error(f"--iterations must be three integers like 3000,1500,1500, got {args.iterations!r}")
+        parser.error(f"--iterations must be {len(STAGES)} integers like 3000,0,1500,1500, got {args.iterations!r}")
     config = CloningConfig(iterations=iterations, eta=args.eta, lr=args.lr, minibatch=args.minibatch, seed=args.seed,
-                           connections=args.connections, networks=args.networks)
+                           connections=args.connections, networks=args.networks, chain_length=args.chain_length, inputs=args.inputs,
+                           weight_scale=args.weight_scale, train_weight_std=args.train_weight_std)
     try:
         config.check()
     except ValueError as err:
@@ -432,30 +523,55 @@ def main(argv: list[str] | None = None) -> None:
     def log(row: dict) -> None:
         print(json.dumps(row), flush=True)
 
-    agent, history = train_cloning(config, log=log)
+    agent = None
+    if args.init:
+        try:
+            agent = initial_clone(config, args.init)
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))
+    agent, history = train_cloning(config, agent=agent, log=log)
+    drift = [chain_drift(agent, config, steps) for steps in (100, 300)]
+    log({"chain_drift": drift})
     tmp = args.out / "meta_params.pt.tmp"
     torch.save(agent.state_dict(), tmp)
     tmp.replace(args.out / "meta_params.pt")
     grid = plot_error_grid(agent, args.out / "fig10_cloning_error")
-    summary = {"config": asdict(config), "agent_options": {**CLONED_OPTIONS, "init_weight_std": config.init_weight_std}, "history": history, "fig10": grid}
+    summary = {"config": asdict(config), "init": args.init, "agent_options": cloned_options(config),
+               "history": history, "fig10": grid, "chain_drift": drift}
     (args.out / "cloning.json").write_text(json.dumps(summary, indent=2))
     if args.ship:
-        ship(agent, args.ship, config, grid, history, " ".join(["python -m rulegym.learners.cloning", *(argv or sys.argv[1:])]))
+        ship(agent, args.ship, config, grid, history, " ".join(["python -m rulegym.learners.cloning", *(argv or sys.argv[1:])]), drift)
     print(json.dumps({"done": True, "fig10": grid}))
 
 
-def ship(agent: VSML, name: str, config: CloningConfig, grid: dict, history: list[dict], command: str) -> Path:
+def initial_clone(config: CloningConfig, source: str) -> VSML:
+    """A cloning VSML holding the meta-parameters of a shipped rule or of ``source/meta_params.pt``."""
+    from rulegym.agents.pretrained import PRETRAINED
+
+    path = PRETRAINED[source].path if source in PRETRAINED else Path(source) / "meta_params.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"--init {source!r} is neither a shipped rule ({', '.join(sorted(PRETRAINED))}) nor a run folder with meta_params.pt.")
+    agent = make_cloned_vsml(config)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        agent.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"--init {source!r} does not hold a cloned VSML with state_size={config.state_size}, msg_size={config.msg_size}: {err}") from None
+    return agent
+
+
+def ship(agent: VSML, name: str, config: CloningConfig, grid: dict, history: list[dict], command: str, drift: list[dict] | None = None) -> Path:
     """Write the cloned rule into the package's rules folder (parameters and manifest)."""
     from rulegym.agents.pretrained import ship_rule
 
     last = {stage: next(row for row in reversed(history) if row["stage"] == stage) for stage in STAGES if any(r["stage"] == stage for r in history)}
     manifest = {
         "agent": "vsml",
-        "agent_options": {**CLONED_OPTIONS, "init_weight_std": config.init_weight_std, "state_size": config.state_size, "msg_size": config.msg_size},
+        "agent_options": cloned_options(config),
         "description": f"VSML cloned from backprop (eta={config.eta}): sub-LSTMs trained to run a mean-of-tanh network's forward pass, backward pass and SGD update; compare with tanh_backprop lr={config.eta}",
         "in_default_compare": False,
         "training": {"command": command, "config": asdict(config)},
-        "metrics": {"fig10": grid, "final_losses": last},
+        "metrics": {"fig10": grid, "final_losses": last, **({"chain_drift": drift} if drift else {})},
     }
     return ship_rule(name, agent.state_dict(), manifest)
 

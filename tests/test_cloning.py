@@ -14,8 +14,11 @@ from rulegym.learners.cloning import (
     STAGES,
     CloningConfig,
     StateBuffer,
+    _inputs,
     backprop_targets,
+    chain_drift,
     check_cloned,
+    initial_clone,
     cloning_error_grid,
     make_cloned_vsml,
     plot_error_grid,
@@ -118,13 +121,55 @@ def test_each_stage_lowers_its_loss(stage, one_thread):
     """Each curriculum stage, alone on tiny sizes, lowers its loss within 200 steps."""
     iterations = tuple(200 if s == stage else 0 for s in STAGES)
     config = CloningConfig(iterations=iterations, connections=64, networks=8, deep_sizes=(3, 3, 2), log_every=1,
-                           lr=1e-2, state_size=8, msg_size=4, buffer_size=4096, seed=0)
+                           lr=1e-2, state_size=8, msg_size=4, buffer_size=4096, seed=0, chain_connections=32, chain_length=4)
     _, history = train_cloning(config)
     losses = torch.tensor([row["loss"] for row in history])
     assert len(losses) == 200 and all(row["stage"] == stage for row in history)
     first, last = losses[:20].mean().item(), losses[-20:].mean().item()
     assert last < 0.6 * first, (first, last)
     assert history[-1]["skipped"] == 0
+
+
+def test_chain_stage_cuts_the_drift_from_exact_backprop(one_thread):
+    """After the chain stage the weights a rule holds stay closer to exact backprop's over many
+    updates than before it (the drift it is there to train away)."""
+    config = CloningConfig(iterations=(0, 150, 0, 0), lr=1e-2, state_size=8, msg_size=4, buffer_size=2048, seed=0,
+                           chain_connections=64, chain_length=8, log_every=50)
+    torch.manual_seed(0)
+    agent = make_cloned_vsml(config)
+    before = chain_drift(agent, config, steps=20, count=512)
+    assert before["exact_change"] > 0.1 and before["clone_gap"] > 0
+    agent, _ = train_cloning(config, agent=agent)
+    after = chain_drift(agent, config, steps=20, count=512)
+    assert after["exact_change"] == before["exact_change"]  # the same exact chain (same seed)
+    assert after["clone_gap"] < 0.7 * before["clone_gap"], (before, after)  # measured: 0.265 -> 0.150
+
+
+def test_mixed_inputs_are_pixel_like_a_third_of_the_time():
+    g = torch.Generator().manual_seed(0)
+    x = _inputs(CloningConfig(inputs="mixed"), g, (30000,))
+    zeros, unit = (x == 0).float().mean().item(), ((x > 0) & (x < 1)).float().mean().item()
+    assert zeros == pytest.approx(1 / 3, abs=0.02)  # exact zeros: a third (normal draws are never 0)
+    assert unit == pytest.approx(1 / 3 + (0.3413 / 3), abs=0.02)  # U(0, 1) plus normal draws in (0, 1)
+    assert _inputs(CloningConfig(), g, (1000,)).eq(0).sum() == 0
+    with pytest.raises(ValueError, match="inputs"):
+        CloningConfig(inputs="pixels").check()
+
+
+def test_initial_clone_loads_a_shipped_rule_or_a_run_folder(tmp_path):
+    from rulegym.agents.pretrained import PRETRAINED
+
+    config = CloningConfig()
+    agent = initial_clone(config, "vsml_backprop_clone")
+    shipped = torch.load(PRETRAINED["vsml_backprop_clone"].path, weights_only=True)
+    for key, value in agent.state_dict().items():
+        assert torch.equal(value, shipped[key]), key
+    torch.save(agent.state_dict(), tmp_path / "meta_params.pt")
+    assert torch.equal(initial_clone(config, str(tmp_path)).cells[0].u, agent.cells[0].u)
+    with pytest.raises(FileNotFoundError, match="neither a shipped rule"):
+        initial_clone(config, str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="state_size=8"):
+        initial_clone(CloningConfig(state_size=8), "vsml_backprop_clone")
 
 
 def test_error_grid_and_figure(tmp_path):
@@ -142,7 +187,9 @@ def test_error_grid_and_figure(tmp_path):
 
 def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match="iterations"):
-        CloningConfig(iterations=(1, 2)).check()
+        CloningConfig(iterations=(1, 2, 3)).check()
+    with pytest.raises(ValueError, match="weight_scale"):
+        CloningConfig(weight_scale=0.0).check()
     with pytest.raises(ValueError, match="eta"):
         CloningConfig(eta=float("nan")).check()
     with pytest.raises(ValueError, match="fresh_fraction"):

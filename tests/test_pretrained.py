@@ -109,3 +109,19 @@ def test_list_shows_the_sizes_of_size_bound_rules(capsys):
     assert cli_main(["list"]) == 0
     out = capsys.readouterr().out
     assert "meta_rnn_mnist" in out and "[x_dim=64, n_classes=10 only]" in out
+
+
+def test_params_replace_a_shipped_rules_meta_parameters_keeping_its_options(tmp_path):
+    """A compare agent naming a shipped rule with ``params`` runs the rule's agent options with
+    the given meta-parameters (e.g. a further-trained copy of the rule)."""
+    from rulegym.train.compare import AgentSpec
+
+    rule = load_pretrained("vsml_backprop_clone", 6, 3)
+    state = {k: v + 0.01 for k, v in rule.state_dict().items()}
+    torch.save(state, tmp_path / "meta_params.pt")
+    built = AgentSpec("vsml_backprop_clone", params=str(tmp_path / "meta_params.pt")).build(6, 3)
+    assert built.freeze_forward and built.weight_scale == rule.weight_scale  # the rule's options
+    for key, value in built.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    plain = AgentSpec("vsml_backprop_clone").build(6, 3)
+    assert torch.equal(plain.cells[0].u, rule.cells[0].u)

@@ -58,7 +58,8 @@ class AgentSpec:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     label: str = ""
-    #: meta-parameters saved by `rulegym train` (a state_dict file) to load into the agent
+    #: meta-parameters saved by `rulegym train` (a state_dict file) to load into the agent; with a
+    #: pretrained rule's name they replace the rule's own (its agent options are kept)
     params: str = ""
 
     def __post_init__(self) -> None:
@@ -92,9 +93,10 @@ class AgentSpec:
         from rulegym.agents import make_agent
         from rulegym.agents.pretrained import PRETRAINED, load_pretrained
 
-        if self.name in PRETRAINED:
-            return load_pretrained(self.name, x_dim, n_classes, **self.options)
-        agent = make_agent(self.name, x_dim, n_classes, **self.options)
+        if self.name in PRETRAINED:  # its options; ``params`` (if given) then replace its meta-parameters
+            agent = load_pretrained(self.name, x_dim, n_classes, **self.options)
+        else:
+            agent = make_agent(self.name, x_dim, n_classes, **self.options)
         if self.params:
             import torch
 
