@@ -357,6 +357,41 @@ def chain_drift(agent: VSML, config: CloningConfig, steps: int, count: int = 409
     return {"steps": steps, "clone_gap": (w_clone - w).abs().mean().item(), "exact_change": (w - start).abs().mean().item()}
 
 
+@torch.no_grad()
+def deployment_drift(agent: VSML, env, eta: float, steps: int, seed: int = 0, every: int = 100) -> list[dict[str, float]]:
+    """How far a one-layer cloned rule's weights drift from exact backprop's on a real stream.
+
+    Runs the rule on ``env`` (a vector env, e.g. ``gym.make_vec("rulegym/MNIST-v0", 8)``) and,
+    beside it, exact backprop (``tanh_backprop`` with the rule's ``eta``) started from the weights the rule's initial
+    states hold and fed the same observations -- the errors of the rule's own predictions -- so
+    the gap is only the rule's update error, compounded. Every ``every`` steps: the mean |w| of
+    both and the mean |w_rule - w_exact|.
+    """
+    import numpy as np
+
+    from rulegym.agents.backprop_net import TanhBackprop
+
+    if agent.n_layers != 1:
+        raise ValueError(f"deployment_drift compares one-layer rules, this one has {agent.n_layers} layers.")
+    obs, _ = env.reset(seed=seed)
+    lifetimes = obs["x"].shape[0]
+    exact = TanhBackprop(agent.x_dim, agent.n_classes, lr=eta)
+    state = agent.initial_state(lifetimes)
+    w0, b0 = agent.decode_weights(state, 0)
+    exact_state = {"w0": w0.clone(), "b0": b0.clone(), "x0": torch.zeros(lifetimes, agent.x_dim)}
+    rows = []
+    for t in range(1, steps + 1):
+        o = {k: torch.as_tensor(np.asarray(obs[k]), dtype=torch.float32).reshape(lifetimes, -1) for k in ("x", "y_prev", "err_prev")}
+        logits, state = agent.step(o, state)
+        _, exact_state = exact.step(o, exact_state)
+        obs, *_ = env.step(logits.numpy())
+        if t % every == 0 or t == steps:
+            w, _ = agent.decode_weights(state, 0)
+            rows.append({"step": t, "rule_abs_w": w.abs().mean().item(), "exact_abs_w": exact_state["w0"].abs().mean().item(),
+                         "gap": (w - exact_state["w0"]).abs().mean().item()})
+    return rows
+
+
 def deep_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.Generator, own: bool) -> tuple[Tensor, dict]:
     """Two-layer networks; the second layer reads the true (``own=False``) or the VSML's own
     hidden activations, the first the true or the VSML's own backpropagated error."""

@@ -201,3 +201,22 @@ def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match="init_weight_std"):
         make_agent("vsml", 3, 2, init_weight_std=-1.0)
     assert CLONED_OPTIONS["ticks"] == 1
+
+
+def test_deployment_drift_tracks_exact_backprop_on_a_real_stream(one_thread):
+    """The shipped clone starts on exact backprop's weights and drifts away step by step."""
+    import gymnasium as gym
+
+    import rulegym.envs  # noqa: F401
+    from rulegym.agents.pretrained import load_pretrained
+    from rulegym.learners.cloning import deployment_drift
+
+    rule = load_pretrained("vsml_backprop_clone", 64, 10)
+    env = gym.make_vec("rulegym/Digits-v0", num_envs=2, lifetime_length=60)
+    rows = deployment_drift(rule, env, eta=0.3, steps=60, every=20)
+    assert [r["step"] for r in rows] == [20, 40, 60]
+    gaps = [r["gap"] for r in rows]
+    assert 0 < gaps[0] < 0.1 and gaps[0] < gaps[-1], rows
+    assert rows[-1]["exact_abs_w"] != rows[0]["exact_abs_w"]  # the exact weights moved
+    with pytest.raises(ValueError, match="one-layer"):
+        deployment_drift(load_pretrained("vsml_backprop_clone", 64, 10, hidden=[4]), env, eta=0.3, steps=1)
