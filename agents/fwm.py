@@ -52,9 +52,9 @@ def _address(k1: Tensor, k2: Tensor) -> Tensor:
 def fwm_lookup(F: Tensor, k1: Tensor, k2: Tensor) -> Tensor:
     """Contract F [B, s, s, s] with the address k1 (x) k2 ([B, s] each): a value [B, s].
 
-    One batched matmul of the address [B, 1, s*s] with F viewed as [B, s*s, s]; F is read in
-    place (an einsum over the three operands copied F into a permuted layout first, which was
-    most of the agent's time).
+    One batched matmul of the address [B, 1, s*s] with a view of F as [B, s*s, s] (a copy only
+    if F is not contiguous; an einsum over the three operands copied F into a permuted layout
+    first, which was most of the agent's time).
     """
     B, s = k1.shape
     return torch.bmm(_address(k1, k2).unsqueeze(1), F.reshape(B, s * s, s)).view(B, s)
@@ -64,7 +64,8 @@ def fwm_write(F: Tensor, k1: Tensor, k2: Tensor, v: Tensor, beta: Tensor) -> Ten
     """Delta-rule write of value v at address k1 (x) k2 with strength beta [B, 1], then the norm bound.
 
     F + beta (k1 (x) k2) (x) (v - F . (k1 (x) k2)), divided by max(1, ||.||_F) per lifetime. The
-    rank-one update is one ``baddbmm`` into F viewed as [B, s*s, s].
+    rank-one update is one ``baddbmm`` onto a view of F as [B, s*s, s], into a new tensor (F
+    itself is not changed).
     """
     B, s = k1.shape
     a = _address(k1, k2).unsqueeze(2)  # [B, s*s, 1]

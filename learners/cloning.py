@@ -127,6 +127,9 @@ class CloningConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if len(self.deep_sizes) != 3 or any(int(s) < 1 for s in self.deep_sizes):
             raise ValueError(f"deep_sizes must be (inputs, hidden, outputs) >= 1, got {self.deep_sizes!r}.")
+        fixed = sorted({"state_size", "msg_size", "weight_scale", "init_weight_std", *CLONED_OPTIONS} & set(self.agent_options))
+        if fixed:
+            raise ValueError(f"agent_options may not set {fixed}: they are config fields or fixed for cloning (see CLONED_OPTIONS).")
         if self.inputs not in INPUT_DISTRIBUTIONS:
             raise ValueError(f"inputs must be one of {INPUT_DISTRIBUTIONS}, got {self.inputs!r}.")
         if not 0.0 <= self.fresh_fraction <= 1.0:
@@ -176,6 +179,18 @@ def _pad(values: Tensor, size: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- states
+def fresh_states(config: CloningConfig, count: int, generator: torch.Generator) -> Tensor:
+    """Initial states (h, c) [count, 2, N]: weight ~ N(0, std^2) and bias ~ N(0, (std/2)^2),
+    scaled, in the weight and bias slots of both c and h (as VSML's ``init_weight_std`` lays
+    them out, there with bias 0)."""
+    n, std, scale = config.state_size, config.train_weight_std, config.weight_scale
+    w_slots, b_slots = weight_slots(n)
+    out = torch.zeros(count, 2, n)
+    out[:, :, w_slots] = (torch.randn(count, 1, 1, generator=generator) * std / scale).clamp(-0.99, 0.99)
+    out[:, :, b_slots] = (torch.randn(count, 1, 1, generator=generator) * std / 2 / scale).clamp(-0.99, 0.99)
+    return out
+
+
 class StateBuffer:
     """A ring of past connection states (h, c) [capacity, 2, N], mixed with fresh ones."""
 
@@ -185,15 +200,8 @@ class StateBuffer:
         self.pos = 0
 
     def fresh(self, count: int) -> Tensor:
-        """Initial states: weight ~ N(0, std^2) and bias ~ N(0, (std/2)^2), scaled, in the
-        weight and bias slots of both c and h (as VSML's ``init_weight_std`` lays them out,
-        there with bias 0)."""
-        n, std, scale = self.config.state_size, self.config.train_weight_std, self.config.weight_scale
-        w_slots, b_slots = weight_slots(n)
-        out = torch.zeros(count, 2, n)
-        out[:, :, w_slots] = (torch.randn(count, 1, 1, generator=self.g) * std / scale).clamp(-0.99, 0.99)
-        out[:, :, b_slots] = (torch.randn(count, 1, 1, generator=self.g) * std / 2 / scale).clamp(-0.99, 0.99)
-        return out
+        """``count`` fresh states (:func:`fresh_states`)."""
+        return fresh_states(self.config, count, self.g)
 
     def sample(self, count: int) -> tuple[Tensor, Tensor]:
         """(h, c) [count, N]: a ``fresh_fraction`` of fresh states, the rest from the buffer."""
@@ -341,8 +349,7 @@ def chain_drift(agent: VSML, config: CloningConfig, steps: int, count: int = 409
     updates with random x and e, from fresh states: the mean |w_clone - w_exact| and, for
     scale, the mean |w_exact - w_start| (how far the updates moved the weights)."""
     g = torch.Generator().manual_seed(seed)
-    buffer = StateBuffer(config, g)
-    h, c = (t[:, :, None, None] for t in buffer.fresh(count).unbind(1))
+    h, c = (t[:, :, None, None] for t in fresh_states(config, count, g).unbind(1))
     scale, msg = agent.weight_scale, agent.msg_size
     w0, b_conn = _decode(c, scale)
     w, b = w0[:, :, 0], b_conn[:, :, 0]
@@ -365,7 +372,7 @@ def deployment_drift(agent: VSML, env, eta: float, steps: int, seed: int = 0, ev
     beside it, exact backprop (``tanh_backprop`` with the rule's ``eta``) started from the weights the rule's initial
     states hold and fed the same observations -- the errors of the rule's own predictions -- so
     the gap is only the rule's update error, compounded. Every ``every`` steps: the mean |w| of
-    both and the mean |w_rule - w_exact|.
+    both and the mean |w_rule - w_exact|. ``seed`` seeds the env and the rule's initial weights.
     """
     import numpy as np
 
@@ -376,7 +383,7 @@ def deployment_drift(agent: VSML, env, eta: float, steps: int, seed: int = 0, ev
     obs, _ = env.reset(seed=seed)
     lifetimes = obs["x"].shape[0]
     exact = TanhBackprop(agent.x_dim, agent.n_classes, lr=eta)
-    state = agent.initial_state(lifetimes)
+    state = agent.initial_state(lifetimes, generator=torch.Generator().manual_seed(seed))
     w0, b0 = agent.decode_weights(state, 0)
     exact_state = {"w0": w0.clone(), "b0": b0.clone(), "x0": torch.zeros(lifetimes, agent.x_dim)}
     rows = []
@@ -559,6 +566,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), flush=True)
 
     agent = None
+    if args.init and args.ship == args.init:
+        parser.error(f"--ship {args.ship!r} would overwrite the rule --init starts from; ship under another name.")
     if args.init:
         try:
             agent = initial_clone(config, args.init)
@@ -575,17 +584,30 @@ def main(argv: list[str] | None = None) -> None:
                "history": history, "fig10": grid, "chain_drift": drift}
     (args.out / "cloning.json").write_text(json.dumps(summary, indent=2))
     if args.ship:
-        ship(agent, args.ship, config, grid, history, " ".join(["python -m rulegym.learners.cloning", *(argv or sys.argv[1:])]), drift)
+        ship(agent, args.ship, config, grid, history, " ".join(["python -m rulegym.learners.cloning", *(argv or sys.argv[1:])]), drift, args.init)
     print(json.dumps({"done": True, "fig10": grid}))
 
 
 def initial_clone(config: CloningConfig, source: str) -> VSML:
-    """A cloning VSML holding the meta-parameters of a shipped rule or of ``source/meta_params.pt``."""
+    """A cloning VSML holding the meta-parameters of a shipped rule or of ``source/meta_params.pt``
+    (a cloning run folder). The source's VSML options must be those ``config`` trains with:
+    ``weight_scale`` and ``init_weight_std`` are not in the meta-parameters, so a mismatch
+    would silently change what the states mean."""
     from rulegym.agents.pretrained import PRETRAINED
 
-    path = PRETRAINED[source].path if source in PRETRAINED else Path(source) / "meta_params.pt"
+    if source in PRETRAINED:
+        path, options = PRETRAINED[source].path, dict(PRETRAINED[source].options)
+    else:
+        path, summary = Path(source) / "meta_params.pt", Path(source) / "cloning.json"
+        options = json.loads(summary.read_text())["agent_options"] if summary.is_file() else None
     if not path.is_file():
         raise FileNotFoundError(f"--init {source!r} is neither a shipped rule ({', '.join(sorted(PRETRAINED))}) nor a run folder with meta_params.pt.")
+    if options is not None:
+        wanted = cloned_options(config)
+        differ = {k: (options[k], wanted[k]) for k in wanted if k in options and options[k] != wanted[k]}
+        if differ:
+            details = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+            raise ValueError(f"--init {source!r} was cloned with other VSML options ({details}); train with the same settings.")
     agent = make_cloned_vsml(config)
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
@@ -595,7 +617,8 @@ def initial_clone(config: CloningConfig, source: str) -> VSML:
     return agent
 
 
-def ship(agent: VSML, name: str, config: CloningConfig, grid: dict, history: list[dict], command: str, drift: list[dict] | None = None) -> Path:
+def ship(agent: VSML, name: str, config: CloningConfig, grid: dict, history: list[dict], command: str,
+         drift: list[dict] | None = None, init: str | None = None) -> Path:
     """Write the cloned rule into the package's rules folder (parameters and manifest)."""
     from rulegym.agents.pretrained import ship_rule
 
@@ -605,7 +628,7 @@ def ship(agent: VSML, name: str, config: CloningConfig, grid: dict, history: lis
         "agent_options": cloned_options(config),
         "description": f"VSML cloned from backprop (eta={config.eta}): sub-LSTMs trained to run a mean-of-tanh network's forward pass, backward pass and SGD update; compare with tanh_backprop lr={config.eta}",
         "in_default_compare": False,
-        "training": {"command": command, "config": asdict(config)},
+        "training": {"command": command, "config": asdict(config), **({"init": init} if init else {})},
         "metrics": {"fig10": grid, "final_losses": last, **({"chain_drift": drift} if drift else {})},
     }
     return ship_rule(name, agent.state_dict(), manifest)

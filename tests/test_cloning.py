@@ -141,7 +141,6 @@ def test_chain_stage_cuts_the_drift_from_exact_backprop(one_thread):
     assert before["exact_change"] > 0.1 and before["clone_gap"] > 0
     agent, _ = train_cloning(config, agent=agent)
     after = chain_drift(agent, config, steps=20, count=512)
-    assert after["exact_change"] == before["exact_change"]  # the same exact chain (same seed)
     assert after["clone_gap"] < 0.7 * before["clone_gap"], (before, after)  # measured: 0.265 -> 0.150
 
 
@@ -168,8 +167,11 @@ def test_initial_clone_loads_a_shipped_rule_or_a_run_folder(tmp_path):
     assert torch.equal(initial_clone(config, str(tmp_path)).cells[0].u, agent.cells[0].u)
     with pytest.raises(FileNotFoundError, match="neither a shipped rule"):
         initial_clone(config, str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="state_size=8"):
+    with pytest.raises(ValueError, match="state_size"):
         initial_clone(CloningConfig(state_size=8), "vsml_backprop_clone")
+    # options outside the meta-parameters must match too, or the states would mean other weights
+    with pytest.raises(ValueError, match="weight_scale: 4.0 there, 16.0 here"):
+        initial_clone(CloningConfig(weight_scale=16.0), "vsml_backprop_clone")
 
 
 def test_error_grid_and_figure(tmp_path):
@@ -190,6 +192,8 @@ def test_bad_settings_raise_clear_errors():
         CloningConfig(iterations=(1, 2, 3)).check()
     with pytest.raises(ValueError, match="weight_scale"):
         CloningConfig(weight_scale=0.0).check()
+    with pytest.raises(ValueError, match="agent_options may not set"):
+        CloningConfig(agent_options={"weight_scale": 8.0}).check()
     with pytest.raises(ValueError, match="eta"):
         CloningConfig(eta=float("nan")).check()
     with pytest.raises(ValueError, match="fresh_fraction"):
