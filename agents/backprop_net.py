@@ -33,13 +33,19 @@ def layer_forward(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return torch.einsum("sba,sa->sb", w, torch.tanh(x)) / x.shape[1] + b
 
 
-def layer_backward(x: Tensor, e: Tensor, w: Tensor, b: Tensor, lr: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+def layer_backward(
+    x: Tensor, e: Tensor, w: Tensor, b: Tensor, lr: Tensor | float, bound: float | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """One layer's backprop for the errors e [S, B] at its outputs, given the inputs x [S, A] of
     its forward pass: (delta [S, A] sent down, computed with the weights before the update,
-    the new weights, the new biases)."""
+    the new weights, the new biases). With ``bound``, the new weights and biases are clipped to
+    [-bound, bound] (projected gradient descent onto a box)."""
     t = torch.tanh(x)
     delta = torch.einsum("sb,sba->sa", e, w) / e.shape[1] * (1 - t * t)
-    return delta, w - lr * e[:, :, None] * t[:, None, :], b - lr * e
+    w_new, b_new = w - lr * e[:, :, None] * t[:, None, :], b - lr * e
+    if bound is not None:
+        w_new, b_new = w_new.clamp(-bound, bound), b_new.clamp(-bound, bound)
+    return delta, w_new, b_new
 
 
 @register_agent("tanh_backprop")
@@ -52,6 +58,11 @@ class TanhBackprop(Agent):
         init_weight_std: initial weights ~ N(0, std^2), clipped to +-weight_bound (1.0).
         weight_bound: the clip of the initial weights (3.96: what a cloned VSML's state
             can hold, 0.99 times its weight scale 4).
+        logit_scale: the logits are this times the last layer's output (the update rule is
+            unchanged, so it is gradient descent with the last layer's step divided by it);
+            the same weights then give larger logits.
+        bound_updates: also clip every updated weight and bias to +-weight_bound (projected
+            gradient descent), so a lifetime's weights stay in the range a clone can hold.
     """
 
     def __init__(
@@ -63,6 +74,8 @@ class TanhBackprop(Agent):
         lr: float = 0.3,
         init_weight_std: float = 1.0,
         weight_bound: float = 3.96,
+        bound_updates: bool = False,
+        logit_scale: float = 1.0,
     ):
         super().__init__(x_dim, n_classes)
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -74,6 +87,10 @@ class TanhBackprop(Agent):
         self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
         self.init_weight_std = float(init_weight_std)
         self.weight_bound = float(weight_bound)
+        self.bound_updates = bool(bound_updates)
+        if not (isinstance(logit_scale, (int, float)) and math.isfinite(logit_scale) and logit_scale > 0):
+            raise ValueError(f"logit_scale must be a positive number, got {logit_scale!r}.")
+        self.logit_scale = float(logit_scale)
         self.state_kinds = {}
         for k in range(self.n_layers):
             self.state_kinds.update({f"w{k}": "weight", f"b{k}": "weight", f"x{k}": "activation"})
@@ -94,9 +111,11 @@ class TanhBackprop(Agent):
         new: State = {}
         e = obs["err_prev"]
         for k in reversed(range(self.n_layers)):
-            e, new[f"w{k}"], new[f"b{k}"] = layer_backward(state[f"x{k}"], e, state[f"w{k}"], state[f"b{k}"], lr)
+            e, new[f"w{k}"], new[f"b{k}"] = layer_backward(
+                state[f"x{k}"], e, state[f"w{k}"], state[f"b{k}"], lr, self.weight_bound if self.bound_updates else None
+            )
         a = obs["x"]
         for k in range(self.n_layers):
             new[f"x{k}"] = a
             a = layer_forward(a, new[f"w{k}"], new[f"b{k}"])
-        return bound_logits(a), new
+        return bound_logits(self.logit_scale * a), new

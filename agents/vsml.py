@@ -111,6 +111,10 @@ class VSML(Agent):
             gate products (one component's i * g cannot form the product tanh(x) e).
         weight_scale: the constant that maps weights and biases into the LSTM's bounded
             range (4).
+        logit_scale: the logits are this times the last layer's forward message (1). A cloned
+            rule's layer outputs mean_a tanh(x_a) w_ab + b_b with |w| held below ~weight_scale,
+            so a 784-input layer's outputs stay small; a scale lets the same weights give
+            confident predictions (``tanh_backprop`` has the same option).
         conv: make the first layer convolutional (``input_shape`` (C, H, W) required;
             ``conv_channels`` 8, ``kernel_size`` 3, ``stride`` 2), followed by the dense layers.
             One sub-LSTM per kernel weight; it reads its input at every position, and since a
@@ -140,6 +144,7 @@ class VSML(Agent):
         freeze_forward: bool = False,
         init_weight_std: float | None = None,
         weight_scale: float = 4.0,
+        logit_scale: float = 1.0,
         conv: bool = False,
         input_shape: Sequence[int] | None = None,
         conv_channels: int = 8,
@@ -194,6 +199,9 @@ class VSML(Agent):
             raise ValueError("init_weight_std needs state_size >= 2 (weight and bias slots).")
         self.init_weight_std = None if init_weight_std is None else float(init_weight_std)
         self.weight_scale = float(weight_scale)
+        if not (isinstance(logit_scale, (int, float)) and math.isfinite(logit_scale) and logit_scale > 0):
+            raise ValueError(f"logit_scale must be a positive number, got {logit_scale!r}.")
+        self.logit_scale = float(logit_scale)
         make = lambda: SubLSTMParams(self.state_size, self.msg_size, forget_bias, input_bias)  # noqa: E731
         n_sets = self.n_layers if self.per_layer else 1
         self.cells = nn.ModuleList([make() for _ in range(n_sets)])
@@ -333,4 +341,4 @@ class VSML(Agent):
             m = self._forward_msg(k, h_mean)
         for k in range(self.n_layers):
             new[f"h{k}"], new[f"c{k}"] = hs[k], cs[k]
-        return bound_logits(m[..., 0]), new
+        return bound_logits(self.logit_scale * m[..., 0]), new

@@ -89,7 +89,8 @@ def cloning_speed(steps: int) -> list[dict[str, Any]]:
         train_cloning(config)
         elapsed = time.perf_counter() - start
         rows.append({"stage": stage, "steps": steps, "steps_per_s": round(steps / elapsed, 2),
-                     "batch": config.connections if stage == "shallow" else config.networks})
+                     "batch": {"shallow": config.connections, "chain": config.chain_connections}.get(stage, config.networks),
+                     **({"chain_length": config.chain_length} if stage == "chain" else {})})
     return rows
 
 

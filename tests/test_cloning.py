@@ -224,3 +224,43 @@ def test_deployment_drift_tracks_exact_backprop_on_a_real_stream(one_thread):
     assert rows[-1]["exact_abs_w"] != rows[0]["exact_abs_w"]  # the exact weights moved
     with pytest.raises(ValueError, match="one-layer"):
         deployment_drift(load_pretrained("vsml_backprop_clone", 64, 10, hidden=[4]), env, eta=0.3, steps=1)
+
+
+def _rescaled(logits: torch.Tensor, k: float) -> torch.Tensor:
+    """What ``bound_logits`` gives for k times the raw output behind ``logits``."""
+    from rulegym.agents.base import bound_logits
+    from rulegym.envs.protocol import LOGIT_BOUND
+
+    return bound_logits(k * LOGIT_BOUND * torch.atanh(logits.double() / LOGIT_BOUND)).float()
+
+
+def test_bounded_updates_and_logit_scale():
+    """bound_updates projects every new weight and bias onto [-weight_bound, weight_bound];
+    logit_scale multiplies the logits (tanh_backprop and VSML alike) and nothing else."""
+    g = torch.Generator().manual_seed(0)
+    obs = {"x": torch.rand(2, 6, generator=g) * 3, "err_prev": torch.randn(2, 3, generator=g) * 20, "y_prev": torch.zeros(2, 3)}
+    free = make_agent("tanh_backprop", 6, 3, lr=0.3)
+    bounded = make_agent("tanh_backprop", 6, 3, lr=0.3, bound_updates=True, weight_bound=0.5)
+    state = free.initial_state(2, generator=torch.Generator().manual_seed(1))
+    state["x0"] = obs["x"]
+    _, new_free = free.step(obs, state)
+    _, new_bounded = bounded.step(obs, state)
+    assert new_free["w0"].abs().max() > 0.5 and new_bounded["w0"].abs().max() <= 0.5
+    torch.testing.assert_close(new_bounded["w0"], new_free["w0"].clamp(-0.5, 0.5))
+    torch.testing.assert_close(new_bounded["b0"], new_free["b0"].clamp(-0.5, 0.5))
+    scaled = make_agent("tanh_backprop", 6, 3, lr=0.3, logit_scale=4.0)
+    small = {**obs, "err_prev": obs["err_prev"] * 0.01}
+    logits, _ = free.step(small, state)
+    logits4, new4 = scaled.step(small, state)
+    torch.testing.assert_close(logits4, _rescaled(logits, 4.0))
+    torch.testing.assert_close(new4["w0"], free.step(small, state)[1]["w0"])  # the same update
+    torch.manual_seed(0)
+    vsml = make_agent("vsml", 6, 3)
+    vsml4 = make_agent("vsml", 6, 3, logit_scale=4.0)
+    vsml4.load_state_dict(vsml.state_dict())
+    st = vsml.initial_state(2, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(vsml4.step(obs, st)[0], _rescaled(vsml.step(obs, st)[0], 4.0))
+    with pytest.raises(ValueError, match="logit_scale"):
+        make_agent("vsml", 6, 3, logit_scale=0.0)
+    with pytest.raises(ValueError, match="logit_scale"):
+        make_agent("tanh_backprop", 6, 3, logit_scale=float("nan"))
