@@ -23,9 +23,11 @@ lifetimes), ``grid.md`` and one heat map per agent ``heatmap_<agent>.png``/``.sv
 ``--quick``: VSML and the Meta RNN, training sets MNIST, Random and "all", 30 meta-iterations of
 8 lifetimes x 50 steps. The full grid (default): all four agents, all 13 training sets, 600
 iterations of 8 x 100 steps (VSML needs about that many to start learning at this scale).
-Measured per rule on one core of the 2-core machine: VSML 11 min, Meta RNN 1.4 min, Hebbian
-1.2 min, FWM about 30 min (3 s per meta-iteration, with other jobs running); VSML and the Meta
-RNN over all 13 sets took 88 min on 2 cores. The paper's rules had far more compute.
+Measured per rule on one core of the 2-core machine, with another job on the other core: VSML
+11 min, Meta RNN 1.4 min, Hebbian 1.2 min, FWM 9-15 min (0.9-1.5 s per meta-iteration); VSML and
+the Meta RNN over all 13 sets took 88 min on 2 cores, FWM's 13 rules 71 min (two processes
+splitting the sets), and a last run reusing all 52 rules 7 min. The paper's rules had far more
+compute.
 ``--agents`` and ``--sets`` pick agents and training sets, so processes can share the cores; a
 last run over everything then reuses every finished rule and writes the whole grid.
 """
