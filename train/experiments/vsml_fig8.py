@@ -25,7 +25,7 @@ lifetimes), ``grid.md`` and one heat map per agent ``heatmap_<agent>.png``/``.sv
 iterations of 8 x 100 steps (VSML needs about that many to start learning at this scale).
 Measured per rule on one core of the 2-core machine, with another job on the other core: VSML
 11 min, Meta RNN 1.4 min, Hebbian 1.2 min, FWM 9-15 min (0.9-1.5 s per meta-iteration); VSML and
-the Meta RNN over all 13 sets took 88 min on 2 cores, FWM's 13 rules 71 min (two processes
+the Meta RNN over all 13 sets took 88 min on 2 cores, FWM's 13 rules about 90 min (two processes
 splitting the sets), and a last run reusing all 52 rules 7 min. The paper's rules had far more
 compute.
 ``--agents`` and ``--sets`` pick agents and training sets, so processes can share the cores; a
