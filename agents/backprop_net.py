@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from rulegym.agents.base import Agent, Obs, State, bound_logits, check_positive_int
+from rulegym.agents.base import Agent, Obs, State, bound_logits, check_positive_int, check_positive_number
 from rulegym.agents.registry import register_agent
 
 
@@ -78,8 +78,7 @@ class TanhBackprop(Agent):
         logit_scale: float = 1.0,
     ):
         super().__init__(x_dim, n_classes)
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}.")
+        check_positive_number("lr", lr)
         if not (init_weight_std >= 0 and math.isfinite(init_weight_std)):
             raise ValueError(f"init_weight_std must be a finite number >= 0, got {init_weight_std!r}.")
         self.sizes = (x_dim, *(check_positive_int("hidden layer size", h) for h in hidden), n_classes)
@@ -88,9 +87,7 @@ class TanhBackprop(Agent):
         self.init_weight_std = float(init_weight_std)
         self.weight_bound = float(weight_bound)
         self.bound_updates = bool(bound_updates)
-        if not (isinstance(logit_scale, (int, float)) and math.isfinite(logit_scale) and logit_scale > 0):
-            raise ValueError(f"logit_scale must be a positive number, got {logit_scale!r}.")
-        self.logit_scale = float(logit_scale)
+        self.logit_scale = check_positive_number("logit_scale", logit_scale)
         self.state_kinds = {}
         for k in range(self.n_layers):
             self.state_kinds.update({f"w{k}": "weight", f"b{k}": "weight", f"x{k}": "activation"})

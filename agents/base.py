@@ -18,6 +18,7 @@ members.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal, Mapping
 
 import torch
@@ -116,6 +117,13 @@ def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
+
+
+def check_positive_number(name: str, value: object) -> float:
+    """A clear error for a rate or scale option that is not a finite number > 0."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
 
 
 def check_obs(obs: Obs, x_dim: int, n_classes: int) -> Obs:

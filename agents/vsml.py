@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rulegym.agents.base import Agent, Obs, State, bound_logits, check_positive_int
+from rulegym.agents.base import Agent, Obs, State, bound_logits, check_positive_int, check_positive_number
 from rulegym.agents.registry import register_agent
 from rulegym.agents import vsml_kernels as kernels
 
@@ -199,9 +199,7 @@ class VSML(Agent):
             raise ValueError("init_weight_std needs state_size >= 2 (weight and bias slots).")
         self.init_weight_std = None if init_weight_std is None else float(init_weight_std)
         self.weight_scale = float(weight_scale)
-        if not (isinstance(logit_scale, (int, float)) and math.isfinite(logit_scale) and logit_scale > 0):
-            raise ValueError(f"logit_scale must be a positive number, got {logit_scale!r}.")
-        self.logit_scale = float(logit_scale)
+        self.logit_scale = check_positive_number("logit_scale", logit_scale)
         make = lambda: SubLSTMParams(self.state_size, self.msg_size, forget_bias, input_bias)  # noqa: E731
         n_sets = self.n_layers if self.per_layer else 1
         self.cells = nn.ModuleList([make() for _ in range(n_sets)])
