@@ -316,6 +316,20 @@ def shallow_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: tor
     return loss, {"forward": fwd_err.item(), "backward": bwd_err.item(), "update": upd_err.item()}
 
 
+def _connection_weights(c: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Weight and bias [S, 1] each of single connections with cell states c [S, N, 1, 1]."""
+    w, b = _decode(c, scale)
+    return w[:, :, 0], b[:, :, 0]
+
+
+def _exact_update(config: CloningConfig, g: torch.Generator, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Fresh x and e [S, 1] for single connections with weights w and biases b [S, 1], and what
+    exact backprop does with them (:func:`backprop_targets`)."""
+    x = _inputs(config, g, tuple(w.shape))
+    e = _errors(config, g, tuple(w.shape))
+    return x, e, backprop_targets(x, e, w[:, :, None], b, config.eta)
+
+
 def chain_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.Generator) -> tuple[Tensor, dict]:
     """Independent connections through ``chain_length`` updates, each with fresh x and e: the
     forward and backward messages and the new weights are scored at every step against exact
@@ -323,14 +337,11 @@ def chain_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch
     whole chain. The last states go back into the buffer."""
     s, steps, msg, scale, eta = config.chain_connections, config.chain_length, config.msg_size, agent.weight_scale, config.eta
     h, c = (t[:, :, None, None] for t in buffer.sample(s))
-    w, b_conn = _decode(c, scale)  # the exact chain starts from the weights the states hold
-    w, b = w[:, :, 0], b_conn[:, :, 0]  # [S, 1]
+    w, b = _connection_weights(c, scale)  # the exact chain starts from the weights the states hold
     zeros = torch.zeros(s, 1, msg)
     fwd_err = bwd_err = upd_err = torch.zeros(())
     for _ in range(steps):  # a chain of updates is sequential
-        x = _inputs(config, g, (s, 1))
-        e = _errors(config, g, (s, 1))
-        target = backprop_targets(x, e, w[:, :, None], b, eta)
+        x, e, target = _exact_update(config, g, w, b)
         _, _, fwd, _ = tick(agent, False, h, c, _pad(x, msg), zeros)
         h, c, _, bwd = tick(agent, True, h, c, _pad(x, msg), _pad(e, msg))
         w, b = target["w_new"][:, :, 0], target["b_new"]
@@ -351,16 +362,13 @@ def chain_drift(agent: VSML, config: CloningConfig, steps: int, count: int = 409
     g = torch.Generator().manual_seed(seed)
     h, c = (t[:, :, None, None] for t in fresh_states(config, count, g).unbind(1))
     scale, msg = agent.weight_scale, agent.msg_size
-    w0, b_conn = _decode(c, scale)
-    w, b = w0[:, :, 0], b_conn[:, :, 0]
-    start = w.clone()
+    w, b = _connection_weights(c, scale)
+    start = w  # the updates below make new tensors
     for _ in range(steps):
-        x = _inputs(config, g, (count, 1))
-        e = _errors(config, g, (count, 1))
-        target = backprop_targets(x, e, w[:, :, None], b, config.eta)
+        x, e, target = _exact_update(config, g, w, b)
         h, c, _, _ = tick(agent, True, h, c, _pad(x, msg), _pad(e, msg))
         w, b = target["w_new"][:, :, 0], target["b_new"]
-    w_clone = _decode(c, scale)[0][:, :, 0]
+    w_clone = _connection_weights(c, scale)[0]
     return {"steps": steps, "clone_gap": (w_clone - w).abs().mean().item(), "exact_change": (w - start).abs().mean().item()}
 
 
@@ -374,9 +382,8 @@ def deployment_drift(agent: VSML, env, eta: float, steps: int, seed: int = 0, ev
     the gap is only the rule's update error, compounded. Every ``every`` steps: the mean |w| of
     both and the mean |w_rule - w_exact|. ``seed`` seeds the env and the rule's initial weights.
     """
-    import numpy as np
-
     from rulegym.agents.backprop_net import TanhBackprop
+    from rulegym.train.loop import _to_torch
 
     if agent.n_layers != 1:
         raise ValueError(f"deployment_drift compares one-layer rules, this one has {agent.n_layers} layers.")
@@ -385,10 +392,10 @@ def deployment_drift(agent: VSML, env, eta: float, steps: int, seed: int = 0, ev
     exact = TanhBackprop(agent.x_dim, agent.n_classes, lr=eta)
     state = agent.initial_state(lifetimes, generator=torch.Generator().manual_seed(seed))
     w0, b0 = agent.decode_weights(state, 0)
-    exact_state = {"w0": w0.clone(), "b0": b0.clone(), "x0": torch.zeros(lifetimes, agent.x_dim)}
+    exact_state = {**exact.initial_state(lifetimes), "w0": w0.clone(), "b0": b0.clone()}
     rows = []
     for t in range(1, steps + 1):
-        o = {k: torch.as_tensor(np.asarray(obs[k]), dtype=torch.float32).reshape(lifetimes, -1) for k in ("x", "y_prev", "err_prev")}
+        o = _to_torch(obs, torch.device("cpu"))
         logits, state = agent.step(o, state)
         _, exact_state = exact.step(o, exact_state)
         obs, *_ = env.step(logits.numpy())
