@@ -9,8 +9,10 @@ depends on, so a resumed run continues exactly where the stopped one was.
 
 from __future__ import annotations
 
+import json
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,12 @@ class Learner:
             self.eval_dims = [(i.x_dim, i.n_classes) for i in (_probe(s) for s in config.eval_tasks)]
         seed_everything(config.seed)
         self.agent: Agent = make_agent(config.agent, self.mixture.x_dim, self.mixture.n_classes, **config.agent_options)
+        if config.init is not None:
+            initial = initial_meta_params(config)
+            try:
+                self.agent.load_state_dict(initial)
+            except RuntimeError as err:
+                raise ValueError(f"init {config.init!r} does not fit this {config.agent} (x_dim={self.mixture.x_dim}, n_classes={self.mixture.n_classes}): {err}") from None
         self.agent.to(self.device)
         if not getattr(self.agent, "differentiable", True):
             raise ValueError(f"agent {config.agent!r} is not a differentiable torch module; {self.name} cannot meta-train it.")
@@ -173,6 +181,37 @@ class Learner:
 
     def close(self) -> None:
         self.mixture.close()
+
+
+def initial_meta_params(config: LearnerConfig) -> dict[str, Tensor]:
+    """The meta-parameters ``config.init`` names: a shipped rule, or a run folder (its
+    ``meta_params.pt``, else its latest checkpoint's). The source must be the same agent built
+    with the same options, since options that are not meta-parameters (gate biases, sizes,
+    scales) change what the meta-parameters mean."""
+    from rulegym.agents.pretrained import PRETRAINED
+    from rulegym.learners import checkpoint as ckpt
+
+    source = config.init
+    folder = Path(source)
+    params, checkpoint = folder / "meta_params.pt", folder / ckpt.CHECKPOINT_NAME
+    if source in PRETRAINED:
+        agent, options, params = PRETRAINED[source].agent, dict(PRETRAINED[source].options), PRETRAINED[source].path
+    elif (folder / "config.json").is_file() and (params.is_file() or checkpoint.is_file()):
+        there = json.loads((folder / "config.json").read_text())
+        agent, options = there.get("agent"), dict(there.get("agent_options", {}))
+    else:
+        raise FileNotFoundError(
+            f"init {source!r} is neither a shipped rule ({', '.join(sorted(PRETRAINED))}) nor a run folder holding "
+            "config.json and meta_params.pt or a checkpoint; give a rule's name or a meta-training run's folder."
+        )
+    if agent != config.agent or options != config.agent_options:
+        raise ValueError(
+            f"init {source!r} is a {agent} with options {options}, but this run trains a {config.agent} with options "
+            f"{config.agent_options}; set agent and agent_options to the source's."
+        )
+    if params.is_file():
+        return torch.load(params, map_location="cpu", weights_only=True)
+    return ckpt.load_checkpoint(checkpoint)["meta_params"]
 
 
 def finite(x: float) -> bool:

@@ -126,6 +126,9 @@ class LearnerConfig:
     #: registered agent name (rulegym.agents.AGENTS) and its builder options
     agent: str = "meta_rnn"
     agent_options: dict[str, Any] = field(default_factory=dict)
+    #: start the meta-parameters from a shipped rule (its name) or a run folder (its
+    #: meta_params.pt) of the same agent and options, instead of a fresh initialisation
+    init: str | None = None
     #: the meta-training task distribution; each meta-batch uses one task drawn by weight
     tasks: list[TaskSpec] = field(default_factory=_default_tasks)
     #: held-out evaluation tasks (empty: the training tasks, on held-out lifetimes)
@@ -167,6 +170,8 @@ class LearnerConfig:
         if not isinstance(self.agent_options, Mapping):
             raise ConfigError(f"agent_options must be a table/dict of builder options, got {self.agent_options!r}.")
         self.agent_options = dict(self.agent_options)
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise ConfigError(f"init must be a shipped rule's name or a run folder, got {self.init!r}.")
         if isinstance(self.tasks, (str, Mapping, TaskSpec)):
             self.tasks = [self.tasks]
         if not isinstance(self.tasks, Sequence) or not self.tasks:

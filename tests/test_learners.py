@@ -330,6 +330,39 @@ def test_resume_in_process_equals_straight_run(tmp_path):
     assert [r["step"] for r in logs] == [1, 2, 3, 4]
 
 
+def test_init_starts_from_a_run_folder_or_a_shipped_rule(tmp_path):
+    cfg = bptt(iterations=2, tensorboard=False, checkpoint_every=1)
+    first, _ = meta_train(cfg, tmp_path / "a")
+    # from a finished run folder: the learner holds exactly that run's meta-parameters
+    learner = BPTTLearner(cfg.replace(init=str(tmp_path / "a"), seed=1))
+    assert all(torch.equal(first[k], v) for k, v in learner.agent.state_dict().items())
+    # from a run folder that holds only a checkpoint (a run still going, or killed)
+    (tmp_path / "a" / "meta_params.pt").unlink()
+    learner = BPTTLearner(cfg.replace(init=str(tmp_path / "a")))
+    assert all(torch.equal(first[k], v) for k, v in learner.agent.state_dict().items())
+    # fine-tuning moves on from there, and a fresh start differs
+    tuned, _ = meta_train(cfg.replace(init=str(tmp_path / "a"), iterations=1), tmp_path / "b")
+    fresh = BPTTLearner(cfg).agent.state_dict()
+    assert not all(torch.equal(first[k], tuned[k]) for k in first)
+    assert not all(torch.equal(first[k], fresh[k]) for k in first)
+    # a shipped rule, by name, with its own agent and options
+    from rulegym.agents.pretrained import PRETRAINED
+
+    info = PRETRAINED["vsml_mnist"]
+    shipped = torch.load(info.path, weights_only=True)
+    learner = BPTTLearner(bptt(agent=info.agent, agent_options=info.options, init="vsml_mnist"))
+    assert all(torch.equal(shipped[k], v) for k, v in learner.agent.state_dict().items())
+    # a source of another agent or other options is refused; so is a missing one
+    with pytest.raises(ValueError, match="init 'vsml_mnist' is a vsml with options .*set agent and agent_options"):
+        BPTTLearner(bptt(agent="vsml", agent_options={**info.options, "forget_bias": 1.0}, init="vsml_mnist"))
+    with pytest.raises(ValueError, match="is a meta_rnn with options"):
+        BPTTLearner(cfg.replace(agent_options={"hidden": 5}, init=str(tmp_path / "a")))
+    with pytest.raises(FileNotFoundError, match="neither a shipped rule"):
+        BPTTLearner(cfg.replace(init=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match="init must be"):
+        bptt(init="")
+
+
 # ---------------------------------------------------------------------------- run folder, logging, CLI
 def test_run_folder_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
