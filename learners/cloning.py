@@ -109,6 +109,10 @@ class CloningConfig:
     fresh_fraction: float = 0.05  #: share of sampled states that are fresh: the rest continue
     #: the buffer's update chains, so states that went through many updates are trained on
     update_weight: float = 1.0  #: loss weight of the update errors (in units of eta)
+    #: clip exact backprop's new weights and biases to +-0.99 weight_scale, the range a state
+    #: holds (``tanh_backprop``'s ``bound_updates``): the rule learns to stop at the edge of that
+    #: range rather than to follow updates past it, where its forward message saturates
+    bound_updates: bool = False
     state_size: int = 16
     msg_size: int = 8
     seed: int = 0
@@ -239,14 +243,20 @@ def _flat_state(h: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- targets
-def backprop_targets(x: Tensor, e: Tensor, w: Tensor, b: Tensor, eta: float) -> dict[str, Tensor]:
+def backprop_targets(x: Tensor, e: Tensor, w: Tensor, b: Tensor, eta: float, bound: float | None = None) -> dict[str, Tensor]:
     """What backprop does in one layer of the mean-of-tanh network (``agents.backprop_net``).
 
     x [S, A] inputs, e [S, B] errors at the outputs, w [S, B, A] weights, b [S, B] biases.
-    Returns ``y`` [S, B] (forward), ``delta`` [S, A] (error sent down), ``w_new``, ``b_new``.
+    Returns ``y`` [S, B] (forward), ``delta`` [S, A] (error sent down), ``w_new``, ``b_new``
+    (clipped to +-bound when one is given).
     """
-    delta, w_new, b_new = layer_backward(x, e, w, b, eta)
+    delta, w_new, b_new = layer_backward(x, e, w, b, eta, bound)
     return {"y": layer_forward(x, w, b), "delta": delta, "w_new": w_new, "b_new": b_new}
+
+
+def target_bound(config: CloningConfig) -> float | None:
+    """The clip of the target weights and biases (``config.bound_updates``), or None."""
+    return 0.99 * config.weight_scale if config.bound_updates else None
 
 
 def _inputs(config: CloningConfig, generator: torch.Generator, shape: tuple[int, ...]) -> Tensor:
@@ -299,7 +309,7 @@ def shallow_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: tor
     e = _errors(config, g, (s * k, 1))
     w, b_conn = _decode(c, scale)  # [S*k, 1, 1] each
     b = b_conn[:, :, 0]
-    target = backprop_targets(x, e, w, b, eta)
+    target = backprop_targets(x, e, w, b, eta, target_bound(config))
     zeros = torch.zeros(s * k, 1, msg)
     _, _, fwd, _ = tick(agent, False, h, c, _pad(x, msg), zeros)
     h_new, c_new, _, bwd = tick(agent, True, h, c, _pad(x, msg), _pad(e, msg))
@@ -327,7 +337,7 @@ def _exact_update(config: CloningConfig, g: torch.Generator, w: Tensor, b: Tenso
     exact backprop does with them (:func:`backprop_targets`)."""
     x = _inputs(config, g, tuple(w.shape))
     e = _errors(config, g, tuple(w.shape))
-    return x, e, backprop_targets(x, e, w[:, :, None], b, config.eta)
+    return x, e, backprop_targets(x, e, w[:, :, None], b, config.eta, target_bound(config))
 
 
 def chain_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.Generator) -> tuple[Tensor, dict]:
@@ -419,8 +429,8 @@ def deep_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.
     w2, b2c = _decode(c2, scale)
     b1, b2 = b1c.mean(dim=-1), b2c.mean(dim=-1)
     # ground truth: the forward pass, then backprop from e
-    t2 = backprop_targets(layer_forward(x, w1, b1), e, w2, b2, eta)
-    t1 = backprop_targets(x, t2["delta"], w1, b1, eta)
+    t2 = backprop_targets(layer_forward(x, w1, b1), e, w2, b2, eta, target_bound(config))
+    t1 = backprop_targets(x, t2["delta"], w1, b1, eta, target_bound(config))
     m1 = _pad(x, msg)
     _, _, fwd1, _ = tick(agent, False, h1, c1, m1, torch.zeros(s, n_hid, msg))
     m2 = fwd1 if own else _pad(t1["y"], msg)
@@ -545,6 +555,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weight-scale", type=float, default=CloningConfig.weight_scale, help="weight = scale x mean of its cell slots")
     parser.add_argument("--train-weight-std", type=float, default=CloningConfig.train_weight_std, help="spread of the fresh training states' weights")
     parser.add_argument("--inputs", choices=INPUT_DISTRIBUTIONS, default=CloningConfig.inputs, help="training inputs: normal, or mixed (a third each normal, 0, U(0,1))")
+    parser.add_argument("--bound-updates", action="store_true", help="clip the target weights and biases to +-0.99 x the weight scale")
     parser.add_argument("--init", metavar="RULE", help="start from this shipped cloned rule, or a run folder holding meta_params.pt")
     parser.add_argument("--eta", type=float, default=CloningConfig.eta)
     parser.add_argument("--lr", type=float, default=CloningConfig.lr)
@@ -562,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--iterations must be {len(STAGES)} integers like 3000,0,1500,1500, got {args.iterations!r}")
     config = CloningConfig(iterations=iterations, eta=args.eta, lr=args.lr, minibatch=args.minibatch, seed=args.seed,
                            connections=args.connections, networks=args.networks, chain_length=args.chain_length, inputs=args.inputs,
-                           weight_scale=args.weight_scale, train_weight_std=args.train_weight_std)
+                           weight_scale=args.weight_scale, train_weight_std=args.train_weight_std, bound_updates=args.bound_updates)
     try:
         config.check()
     except ValueError as err:

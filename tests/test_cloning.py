@@ -38,6 +38,28 @@ def test_targets_on_a_hand_checked_connection():
     assert t["delta"].item() == pytest.approx(0.4718689, abs=1e-6)
 
 
+def test_bounded_targets_stop_at_the_range_a_state_holds():
+    """With bound_updates the stages' targets are exact backprop projected onto +-0.99 scale."""
+    from rulegym.learners.cloning import _exact_update, target_bound
+
+    assert target_bound(CloningConfig()) is None
+    assert target_bound(CloningConfig(bound_updates=True, weight_scale=4.0)) == pytest.approx(3.96)
+    # a hand-checked connection at the edge: w = 3.9 steps past 3.96, b = -3.9 past -3.96
+    x, e, eta = torch.tensor([[1.0]]), torch.tensor([[-0.5]]), 0.3
+    w, b = torch.tensor([[[3.9]]]), torch.tensor([[-3.9]])
+    free = backprop_targets(x, e, w, b, eta)
+    t = backprop_targets(x, e, w, b, eta, bound=3.96)
+    assert free["w_new"].item() == pytest.approx(3.9 + 0.15 * math.tanh(1.0)) and free["b_new"].item() == pytest.approx(-3.75)
+    assert t["w_new"].item() == pytest.approx(3.96) and t["b_new"].item() == pytest.approx(-3.75)
+    assert t["y"].item() == free["y"].item() and t["delta"].item() == free["delta"].item()
+    # the stages' draws use the config's bound: the same draw, clipped
+    w, b = torch.full((4096, 1), 3.9), torch.full((4096, 1), -3.9)
+    _, _, unbounded = _exact_update(CloningConfig(), torch.Generator().manual_seed(1), w, b)
+    _, _, bounded = _exact_update(CloningConfig(bound_updates=True), torch.Generator().manual_seed(1), w, b)
+    assert unbounded["w_new"].abs().max() > 3.96 and bounded["w_new"].abs().max() <= 3.96 + 1e-6
+    torch.testing.assert_close(bounded["w_new"], unbounded["w_new"].clamp(-3.96, 3.96))
+
+
 def test_targets_are_backprop_of_the_mean_network():
     """With L = sum_b e_b y_b: the update is w - eta * fan_in * dL/dw, delta = dL/dx * fan_in / fan_out."""
     g = torch.Generator().manual_seed(0)
