@@ -184,8 +184,9 @@ class Learner:
 
 
 def initial_meta_params(config: LearnerConfig) -> dict[str, Tensor]:
-    """The meta-parameters ``config.init`` names: a shipped rule, or a run folder (its
-    ``meta_params.pt``, else its latest checkpoint's). The source must be the same agent built
+    """The meta-parameters ``config.init`` names: a shipped rule, or a run folder (its latest
+    checkpoint's, which a run still going or resumed has newer than its ``meta_params.pt``;
+    else its ``meta_params.pt``). The source must be the same agent built
     with the same options, since options that are not meta-parameters (gate biases, sizes,
     scales) change what the meta-parameters mean."""
     from rulegym.agents.pretrained import PRETRAINED
@@ -209,9 +210,9 @@ def initial_meta_params(config: LearnerConfig) -> dict[str, Tensor]:
             f"init {source!r} is a {agent} with options {options}, but this run trains a {config.agent} with options "
             f"{config.agent_options}; set agent and agent_options to the source's."
         )
-    if params.is_file():
-        return torch.load(params, map_location="cpu", weights_only=True)
-    return ckpt.load_checkpoint(checkpoint)["meta_params"]
+    if source not in PRETRAINED and checkpoint.is_file():
+        return ckpt.load_checkpoint(checkpoint)["meta_params"]
+    return torch.load(params, map_location="cpu", weights_only=True)
 
 
 def finite(x: float) -> bool:

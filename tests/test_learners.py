@@ -336,10 +336,16 @@ def test_init_starts_from_a_run_folder_or_a_shipped_rule(tmp_path):
     # from a finished run folder: the learner holds exactly that run's meta-parameters
     learner = BPTTLearner(cfg.replace(init=str(tmp_path / "a"), seed=1))
     assert all(torch.equal(first[k], v) for k, v in learner.agent.state_dict().items())
-    # from a run folder that holds only a checkpoint (a run still going, or killed)
-    (tmp_path / "a" / "meta_params.pt").unlink()
+    # the checkpoint is the newest state (a resumed run's meta_params.pt is the last session's)
+    torch.save({k: torch.zeros_like(v) for k, v in first.items()}, tmp_path / "a" / "meta_params.pt")
     learner = BPTTLearner(cfg.replace(init=str(tmp_path / "a")))
     assert all(torch.equal(first[k], v) for k, v in learner.agent.state_dict().items())
+    # a folder with meta_params.pt alone
+    torch.save(first, tmp_path / "a" / "meta_params.pt")
+    (tmp_path / "a" / "checkpoint.pt").rename(tmp_path / "a" / "checkpoint.bak")
+    learner = BPTTLearner(cfg.replace(init=str(tmp_path / "a")))
+    assert all(torch.equal(first[k], v) for k, v in learner.agent.state_dict().items())
+    (tmp_path / "a" / "checkpoint.bak").rename(tmp_path / "a" / "checkpoint.pt")
     # fine-tuning moves on from there, and a fresh start differs
     tuned, _ = meta_train(cfg.replace(init=str(tmp_path / "a"), iterations=1), tmp_path / "b")
     fresh = BPTTLearner(cfg).agent.state_dict()
