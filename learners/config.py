@@ -32,9 +32,12 @@ __all__ = [
 ]
 
 #: training lifetimes are seeded ``seed * TRAIN_SEED_STRIDE + position``; held-out lifetimes
-#: from ``EVAL_SEED_BASE + eval_seed * TRAIN_SEED_STRIDE``: the two ranges never meet.
+#: from ``EVAL_SEED_BASE + eval_seed * TRAIN_SEED_STRIDE``; the lifetimes of a comparison's seed
+#: (rulegym compare/eval) from ``COMPARE_SEED_BASE + seed * TRAIN_SEED_STRIDE``: the ranges never
+#: meet, and no two seeds of one kind share a lifetime.
 TRAIN_SEED_STRIDE = 2**40
 EVAL_SEED_BASE = 2**62
+COMPARE_SEED_BASE = 2**61
 MAX_SEED = 2**20
 
 

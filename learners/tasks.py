@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 
-from rulegym.learners.config import EVAL_SEED_BASE, TRAIN_SEED_STRIDE, TaskSpec
+from rulegym.learners.config import COMPARE_SEED_BASE, EVAL_SEED_BASE, TRAIN_SEED_STRIDE, TaskSpec
 
-__all__ = ["TaskMixture", "TaskShapeError", "eval_seed_base", "train_seed_base"]
+__all__ = ["TaskMixture", "TaskShapeError", "compare_seed_base", "eval_seed_base", "train_seed_base"]
 
 _CHOICE_TAG = 0x7A5C  # separates the task-choice stream from other streams of the same seed
 
@@ -37,6 +37,11 @@ def train_seed_base(seed: int) -> int:
 
 def eval_seed_base(eval_seed: int) -> int:
     return EVAL_SEED_BASE + int(eval_seed) * TRAIN_SEED_STRIDE
+
+
+def compare_seed_base(seed: int) -> int:
+    """Env seed of lifetime 0 of a comparison's ``seed`` (lifetime i gets this + i)."""
+    return COMPARE_SEED_BASE + int(seed) * TRAIN_SEED_STRIDE
 
 
 @dataclass(frozen=True)

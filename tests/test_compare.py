@@ -152,3 +152,41 @@ def test_compare_runs_omniglot_episodes(tmp_path):
     with np.load(tmp_path / "run" / "cells" / "sgd__Omniglot__s0.npz") as z:
         assert z["correct"].shape == (5, 2)
     assert rows[0]["lifetimes"] == 2
+
+
+def test_seeds_run_disjoint_lifetimes(tmp_path, no_data, monkeypatch, capsys):
+    """Each seed's lifetimes are its own (not seed + i, which would make seeds 0 and 1 share all
+    but one lifetime), every agent of a seed sees the same ones, and none is a meta-training or
+    learner meta-test lifetime."""
+    import gymnasium as gym
+
+    from rulegym.learners.config import MAX_SEED
+    from rulegym.learners.tasks import compare_seed_base, eval_seed_base, train_seed_base
+    from rulegym.train import loop
+
+    calls, real = [], loop.evaluate
+
+    def spy(agent, env_id, num_envs, seed, **kw):
+        calls.append((seed, num_envs))
+        return real(agent, env_id, num_envs=num_envs, seed=seed, **kw)
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    out = tmp_path / "run"
+    assert main(["compare", "--agents", "sgd", "adam", "--envs", "rulegym/SumSign-v0", "--out", str(out), *LEAN, *SMALL]) == 0
+    assert sorted(calls) == [(compare_seed_base(0), 3)] * 2 + [(compare_seed_base(1), 3)] * 2
+    starts = [compare_seed_base(s) for s in (0, 1)]
+    assert starts[1] - starts[0] >= 3 and all(b - a >= 2**40 for a, b in [(train_seed_base(MAX_SEED - 1), starts[0]), (starts[1], eval_seed_base(0))])
+    # the streams themselves: lifetime 1 of seed 0 is not lifetime 0 of seed 1
+    first = []
+    for start in starts:
+        env = gym.make_vec("rulegym/SumSign-v0", num_envs=3)
+        first.append(env.reset(seed=start)[0]["x"])
+        env.close()
+    assert not np.array_equal(first[0][1], first[1][0]) and not np.array_equal(first[0], first[1])
+    # a folder whose cells were seeded otherwise (no record of how) is not resumed into
+    stale = json.loads((out / "config.json").read_text())
+    assert stale.pop("lifetime_seeds").startswith("lifetime i of seed s")
+    (out / "config.json").write_text(json.dumps(stale))
+    assert main(["compare", "--agents", "sgd", "adam", "--envs", "rulegym/SumSign-v0", "--out", str(out), *LEAN, *SMALL]) == 2
+    assert "lifetime_seeds" in capsys.readouterr().err
+    assert main(["compare", "--seeds", str(MAX_SEED), "--out", str(tmp_path / "big"), *LEAN]) == 2

@@ -16,6 +16,11 @@ A run folder holds::
 
 Cells are written atomically as they finish; running the same command on the same folder
 again (``resume``) skips finished cells.
+
+Lifetime ``i`` of seed ``s`` is seeded ``compare_seed_base(s) + i``
+(:mod:`rulegym.learners.tasks`): the seeds' lifetimes are disjoint whatever the number of
+lifetimes per cell, so they are independent replicates, and they never meet the lifetimes of
+meta-training or of a learner's meta-test.
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
+from rulegym.learners.config import MAX_SEED, TRAIN_SEED_STRIDE
+from rulegym.learners.tasks import compare_seed_base
 from rulegym.train import results as res
+
+#: how a comparison seeds its lifetimes, recorded in each run folder's config.json
+LIFETIME_SEEDS = "lifetime i of seed s: env seed 2**61 + s * 2**40 + i"
 
 
 class CompareConfigError(ValueError):
@@ -188,10 +197,14 @@ class CompareConfig:
             raise CompareConfigError(f"seeds must be a non-empty list of non-negative integers, got {self.seeds!r}.")
         if len(set(self.seeds)) != len(self.seeds):
             raise CompareConfigError(f"seeds repeat: {self.seeds}.")
+        if max(self.seeds) >= MAX_SEED:
+            raise CompareConfigError(f"seeds must be below {MAX_SEED} (each indexes its own range of lifetime seeds), got {max(self.seeds)}.")
         for name in ("lifetimes", "steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CompareConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if self.lifetimes >= TRAIN_SEED_STRIDE:
+            raise CompareConfigError(f"lifetimes must be below {TRAIN_SEED_STRIDE} (the lifetime seeds of one seed), got {self.lifetimes}.")
         if not isinstance(self.ks, list) or not all(isinstance(k, int) and 1 <= k for k in self.ks):
             raise CompareConfigError(f"ks must be a list of positive integers, got {self.ks!r}.")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
@@ -202,6 +215,11 @@ class CompareConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
+
+    def folder_dict(self) -> dict[str, Any]:
+        """What a run folder's config.json holds: the config and how its lifetimes are seeded
+        (a folder whose cells were seeded otherwise is not resumed into)."""
+        return {**self.to_dict(), "lifetime_seeds": LIFETIME_SEEDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CompareConfig":
@@ -236,6 +254,7 @@ def load_compare_config(path: str | Path | None, overrides: Sequence[str] = (), 
     except ConfigError as err:
         raise CompareConfigError(str(err)) from err
     data.pop("kind", None)
+    data.pop("lifetime_seeds", None)  # a run folder's config.json
     return CompareConfig.from_dict(data)
 
 
@@ -290,14 +309,14 @@ def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> lis
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
     if config_path.exists():
-        old = json.loads(config_path.read_text())
-        if old != cfg.to_dict():
+        old, new = json.loads(config_path.read_text()), cfg.folder_dict()
+        if old != new:
             raise CompareConfigError(
                 f"{out_dir} holds a comparison with a different config; use a new --out folder, "
                 f"or the same config to resume it (differences in: "
-                f"{sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))})."
+                f"{sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))})."
             )
-    res.write_json(config_path, cfg.to_dict())
+    res.write_json(config_path, cfg.folder_dict())
     info = {"seeds": cfg.seeds, "versions": package_versions(), "command": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     cells = [(a, e, s) for e in cfg.envs for a in cfg.agents for s in cfg.seeds if (a.label, e.label) not in skipped]
     info["skipped"] = [list(pair) for pair in skipped]
@@ -310,7 +329,7 @@ def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> lis
         agent = agent_spec.build(x_dim, n_classes)
         if progress:
             _progress(i, len(todo), start, f"{agent_spec.label} on {env_spec.label} seed {seed}")
-        result = evaluate(agent, env_spec.env_id, num_envs=cfg.lifetimes, seed=seed, steps=steps, env_options=opts)
+        result = evaluate(agent, env_spec.env_id, num_envs=cfg.lifetimes, seed=compare_seed_base(seed), steps=steps, env_options=opts)
         res.save_cell(
             out_dir, agent_spec.label, env_spec.label, seed,
             correct=result.correct.numpy(), loss_mask=result.loss_mask.numpy(), loss=result.loss.detach().float().numpy(),
