@@ -129,8 +129,9 @@ class LearnerConfig:
     #: registered agent name (rulegym.agents.AGENTS) and its builder options
     agent: str = "meta_rnn"
     agent_options: dict[str, Any] = field(default_factory=dict)
-    #: start the meta-parameters from a shipped rule (its name) or a run folder (its
-    #: meta_params.pt) of the same agent and options, instead of a fresh initialisation
+    #: start the meta-parameters from a shipped rule (its name) or a run folder (its latest
+    #: checkpoint, else meta_params.pt) of the same agent and options, instead of a fresh
+    #: initialisation (see ``learners.base.initial_meta_params``)
     init: str | None = None
     #: the meta-training task distribution; each meta-batch uses one task drawn by weight
     tasks: list[TaskSpec] = field(default_factory=_default_tasks)

@@ -33,12 +33,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from rulegym.learners.config import MAX_SEED, TRAIN_SEED_STRIDE
+from rulegym.learners.config import COMPARE_SEED_BASE, MAX_SEED, TRAIN_SEED_STRIDE
 from rulegym.learners.tasks import compare_seed_base
 from rulegym.train import results as res
 
 #: how a comparison seeds its lifetimes, recorded in each run folder's config.json
-LIFETIME_SEEDS = "lifetime i of seed s: env seed 2**61 + s * 2**40 + i"
+LIFETIME_SEEDS = f"lifetime i of seed s: env seed {COMPARE_SEED_BASE} + s * {TRAIN_SEED_STRIDE} + i"
 
 
 class CompareConfigError(ValueError):
