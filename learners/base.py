@@ -193,26 +193,28 @@ def initial_meta_params(config: LearnerConfig) -> dict[str, Tensor]:
     from rulegym.learners import checkpoint as ckpt
 
     source = config.init
-    folder = Path(source)
-    params, checkpoint = folder / "meta_params.pt", folder / ckpt.CHECKPOINT_NAME
     if source in PRETRAINED:
-        agent, options, params = PRETRAINED[source].agent, dict(PRETRAINED[source].options), PRETRAINED[source].path
-    elif (folder / "config.json").is_file() and (params.is_file() or checkpoint.is_file()):
+        info = PRETRAINED[source]
+        agent, options, newest, in_checkpoint = info.agent, dict(info.options), info.path, False
+    else:
+        folder = Path(source)
+        in_checkpoint = (folder / ckpt.CHECKPOINT_NAME).is_file()
+        newest = folder / (ckpt.CHECKPOINT_NAME if in_checkpoint else "meta_params.pt")
+        if not (folder / "config.json").is_file() or not newest.is_file():
+            raise FileNotFoundError(
+                f"init {source!r} is neither a shipped rule ({', '.join(sorted(PRETRAINED))}) nor a run folder holding "
+                "config.json and meta_params.pt or a checkpoint; give a rule's name or a meta-training run's folder."
+            )
         there = json.loads((folder / "config.json").read_text())
         agent, options = there.get("agent"), dict(there.get("agent_options", {}))
-    else:
-        raise FileNotFoundError(
-            f"init {source!r} is neither a shipped rule ({', '.join(sorted(PRETRAINED))}) nor a run folder holding "
-            "config.json and meta_params.pt or a checkpoint; give a rule's name or a meta-training run's folder."
-        )
     if agent != config.agent or options != config.agent_options:
         raise ValueError(
             f"init {source!r} is a {agent} with options {options}, but this run trains a {config.agent} with options "
             f"{config.agent_options}; set agent and agent_options to the source's."
         )
-    if source not in PRETRAINED and checkpoint.is_file():
-        return ckpt.load_checkpoint(checkpoint)["meta_params"]
-    return torch.load(params, map_location="cpu", weights_only=True)
+    if in_checkpoint:
+        return ckpt.load_checkpoint(newest)["meta_params"]
+    return torch.load(newest, map_location="cpu", weights_only=True)
 
 
 def finite(x: float) -> bool:
