@@ -429,8 +429,9 @@ def deep_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.
     w2, b2c = _decode(c2, scale)
     b1, b2 = b1c.mean(dim=-1), b2c.mean(dim=-1)
     # ground truth: the forward pass, then backprop from e
-    t2 = backprop_targets(layer_forward(x, w1, b1), e, w2, b2, eta, target_bound(config))
-    t1 = backprop_targets(x, t2["delta"], w1, b1, eta, target_bound(config))
+    bound = target_bound(config)
+    t2 = backprop_targets(layer_forward(x, w1, b1), e, w2, b2, eta, bound)
+    t1 = backprop_targets(x, t2["delta"], w1, b1, eta, bound)
     m1 = _pad(x, msg)
     _, _, fwd1, _ = tick(agent, False, h1, c1, m1, torch.zeros(s, n_hid, msg))
     m2 = fwd1 if own else _pad(t1["y"], msg)
