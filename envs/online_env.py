@@ -135,6 +135,8 @@ class OnlineVectorEnv(VectorEnv):
         self._batch = LifetimeBatch(task, self.num_envs)
         self._rngs: list[np.random.Generator] | None = None
         self._needs_reset = np.zeros(self.num_envs, dtype=bool)
+        zeros = np.zeros((self.num_envs, task.n_classes), np.float32)
+        self._last_feedback = (zeros, zeros.copy())  # y_prev, err_prev last returned
 
     def _seed(self, seed: int | Sequence[int | None] | None) -> None:
         if isinstance(seed, (int, np.integer)):
@@ -152,20 +154,34 @@ class OnlineVectorEnv(VectorEnv):
         ]
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
-        self._seed(seed)
-        rows = np.arange(self.num_envs)
+        """Start lifetimes: all of them, or with ``options={"reset_mask": m}`` (after the first
+        reset) only the rows where ``m`` is True -- as ``SyncVectorEnv`` does, the other rows
+        keep their lifetime, their generator (a seed applies to reset rows only) and the
+        observation they last returned."""
+        mask = np.ones(self.num_envs, dtype=bool)
         if options is not None and "reset_mask" in options:
             mask = np.asarray(options["reset_mask"])
             if mask.shape != (self.num_envs,) or mask.dtype != np.bool_:
                 raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},).")
-            if self._batch.inst is not None:
-                rows = np.flatnonzero(mask)
+            if not mask.any():
+                raise ValueError("options['reset_mask'] has no True entry: it must name at least one lifetime to reset.")
+            if self._batch.inst is None:  # nothing has started yet: every lifetime starts
+                mask = np.ones(self.num_envs, dtype=bool)
+        if isinstance(seed, (int, np.integer)):
+            seed = [int(seed) + i for i in range(self.num_envs)]
+        if seed is not None and len(seed) == self.num_envs:
+            seed = [s if m else None for s, m in zip(seed, mask)]
+        self._seed(seed)
+        rows = np.flatnonzero(mask)
         self._batch.reset_rows(rows, self._rngs)
         self._needs_reset[rows] = False
         x = self._batch.current()
-        c = self.task.n_classes
-        obs = {"x": x, "y_prev": np.zeros((self.num_envs, c), np.float32), "err_prev": np.zeros((self.num_envs, c), np.float32)}
-        return obs, {}
+        y_prev, err_prev = self._last_feedback
+        y_prev, err_prev = y_prev.copy(), err_prev.copy()
+        y_prev[rows] = 0.0
+        err_prev[rows] = 0.0
+        self._last_feedback = (y_prev.copy(), err_prev.copy())
+        return {"x": x, "y_prev": y_prev, "err_prev": err_prev}, {}
 
     def step(self, actions):
         if self._rngs is None or self._batch.inst is None:
@@ -194,4 +210,5 @@ class OnlineVectorEnv(VectorEnv):
             for key, value in zip(INFO_KEYS, (labels, correct, loss, mask)):
                 info[key] = np.where(active, value, np.zeros((), value.dtype))
                 info["_" + key] = active.copy()
+        self._last_feedback = (y_prev.copy(), err.copy())
         return {"x": x, "y_prev": y_prev, "err_prev": err}, reward, terminated, truncated, info

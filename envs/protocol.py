@@ -93,8 +93,8 @@ def check_logits(logits: Any, batch: int, n_classes: int) -> np.ndarray:
     """
     arr = np.asarray(logits, dtype=np.float64)
     if arr.shape != (batch, n_classes):
-        if arr.size == batch * n_classes and arr.ndim <= 2:
-            arr = arr.reshape(batch, n_classes)
+        if batch == 1 and arr.shape == (n_classes,):  # a single env's action
+            arr = arr[None]
         else:
             raise ValueError(
                 f"action has shape {np.shape(logits)}, expected logits of shape "

@@ -83,6 +83,34 @@ def test_native_vector_env_equals_sync_vector_env(env_id, request):
     assert term_a.dtype == np.bool_
 
 
+def test_partial_reset_equals_sync_vector_env():
+    """reset_mask restarts only the masked lifetimes: a seed reseeds those rows only, and the
+    other rows keep their lifetime and the previous label and error they were last shown."""
+    opts = {"lifetime_length": 6}
+    n = 3
+    native = gym.make_vec("rulegym/Digits-v0", num_envs=n, **opts)
+    sync = gym.vector.SyncVectorEnv([lambda: gym.make("rulegym/Digits-v0", **opts) for _ in range(n)])
+    native.reset(seed=11)
+    sync.reset(seed=11)
+    actions = random_actions(native, 14)
+    for action in actions[:2]:
+        native.step(action)
+        sync.step(action)
+    mask = np.array([True, False, False])
+    obs_a, _ = native.reset(seed=100, options={"reset_mask": mask})
+    obs_b, _ = sync.reset(seed=100, options={"reset_mask": mask})
+    assert obs_a["y_prev"][1:].any()  # the rows that go on still show their last label
+    for t, action in enumerate(actions[2:]):  # crosses the lifetimes' ends and autoresets
+        for key in obs_a:
+            np.testing.assert_array_equal(obs_a[key], obs_b[key], err_msg=f"{key} at step {t}")
+        obs_a, rew_a, term_a, _, _ = native.step(action)
+        obs_b, rew_b, term_b, _, _ = sync.step(action)
+        np.testing.assert_array_equal(rew_a, rew_b)
+        np.testing.assert_array_equal(term_a, term_b)
+    with pytest.raises(ValueError, match="no True entry"):
+        native.reset(options={"reset_mask": np.zeros(n, dtype=bool)})
+
+
 def lifetime_inputs(env_id: str, opts: dict, seed: int) -> np.ndarray:
     env = gym.make_vec(env_id, num_envs=2, **opts)
     obs, _ = env.reset(seed=seed)
@@ -181,6 +209,9 @@ def test_bad_actions_get_clear_errors():
     venv.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         venv.step(np.zeros((3, 3)))
+    for wrong in (np.zeros((3, 2)), np.zeros(6)):  # transposed or flat: never silently rearranged
+        with pytest.raises(ValueError, match="shape"):
+            venv.step(wrong)
 
 
 def test_vector_autoreset_and_truncation():
