@@ -158,9 +158,11 @@ class LearnerConfig:
     tensorboard: bool = True
     progress: bool = True
 
-    #: fields that may change when a run is resumed (they do not change what is computed)
+    #: fields that may change when a run is resumed: they do not change what is computed, except
+    #: ``device``, which runs the same computation on other hardware (a GPU run continued on a
+    #: CPU, say), so floats differ in their last bits from a run that stayed on one device
     RESUMABLE_CHANGES: ClassVar[frozenset[str]] = frozenset(
-        {"iterations", "num_threads", "eval_every", "eval_lifetimes", "checkpoint_every", "log_every", "tensorboard", "progress"}
+        {"iterations", "num_threads", "eval_every", "eval_lifetimes", "checkpoint_every", "log_every", "tensorboard", "progress", "device"}
     )
 
     def __post_init__(self) -> None:

@@ -40,10 +40,13 @@ _NOISE_TAG, _INIT_TAG = 1, 2
 
 
 def centered_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks mapped linearly to [-0.5, 0.5] (ties broken by position, deterministically)."""
+    """Ranks mapped linearly to [-0.5, 0.5]; tied values share their mean rank, so an
+    antithetic pair of equal fitness (common with ``fitness="accuracy"``) adds nothing to the
+    gradient instead of a step in the direction its position in the population picks."""
+    from scipy.stats import rankdata
+
     n = len(values)
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[np.argsort(values, kind="stable")] = np.arange(n, dtype=np.float64)
+    ranks = rankdata(np.asarray(values, dtype=np.float64), method="average") - 1.0
     return ranks / max(n - 1, 1) - 0.5
 
 

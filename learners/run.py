@@ -112,6 +112,7 @@ def meta_train(
     """
     config = config_from_dict(config) if not isinstance(config, LearnerConfig) else config
     run_dir = Path(run_dir)
+    _require_device(config.device)
     dist = init_distributed(config.device)
     threads = torch.get_num_threads()
     try:
@@ -119,6 +120,20 @@ def meta_train(
     finally:
         torch.set_num_threads(threads)  # num_threads applies to the run, not to the caller afterwards
         dist.close()
+
+
+def _require_device(device: str) -> None:
+    """A CUDA device must exist before anything is written or a process group is joined."""
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={device!r}, but this torch sees no CUDA device (torch.cuda.is_available() is False); "
+            "use device='cpu' (--set device=cpu), or a CUDA build of torch on a machine with a GPU."
+        )
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
 
 
 def _meta_train(config: LearnerConfig, run_dir: Path, resume: bool, dist: DistContext):

@@ -212,7 +212,9 @@ def test_bptt_skips_nonfinite_gradient_and_logits():
 def test_centered_ranks():
     r = centered_ranks(np.array([3.0, -1.0, 10.0, 0.5]))
     np.testing.assert_allclose(r, [1 / 6, -0.5, 0.5, -1 / 6])
-    assert centered_ranks(np.array([2.0, 2.0])).tolist() == [-0.5, 0.5]
+    assert centered_ranks(np.array([2.0, 2.0])).tolist() == [0.0, 0.0]  # ties share their mean rank
+    tied = centered_ranks(np.array([0.5, 0.5, 0.25, 0.75, 0.5, 0.5]))  # two pairs of equal fitness
+    assert tied[0] == tied[1] == tied[4] == tied[5] and tied[2] == -0.5 and tied[3] == 0.5
 
 
 def test_es_member_fitness_equals_the_standard_loop():
@@ -328,6 +330,21 @@ def test_resume_in_process_equals_straight_run(tmp_path):
     resumed, logs = meta_train(cfg, tmp_path / "b", resume=True)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert [r["step"] for r in logs] == [1, 2, 3, 4]
+
+
+def test_a_gpu_run_resumes_on_a_cpu_and_a_missing_gpu_is_a_clear_error(tmp_path):
+    cfg = es(iterations=2, checkpoint_every=1, agent_options={"hidden": 4})
+    meta_train(cfg.replace(iterations=1), tmp_path / "run")
+    # the checkpoint a CUDA run writes differs from a CPU one only in the device its config names
+    payload = ck.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    payload["config"]["device"] = "cuda"
+    ck.save_checkpoint(tmp_path / "run" / "checkpoint.pt", payload)
+    _, logs = meta_train(cfg, tmp_path / "run", resume=True)  # continued on this CPU
+    assert [r["step"] for r in logs] == [1, 2]
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device.*device='cpu'"):
+            meta_train(cfg.replace(device="cuda"), tmp_path / "gpu")
+        assert not (tmp_path / "gpu").exists()  # nothing written before the error
 
 
 def test_init_starts_from_a_run_folder_or_a_shipped_rule(tmp_path):
