@@ -109,10 +109,25 @@ class CloningConfig:
     fresh_fraction: float = 0.05  #: share of sampled states that are fresh: the rest continue
     #: the buffer's update chains, so states that went through many updates are trained on
     update_weight: float = 1.0  #: loss weight of the update errors (in units of eta)
+    #: loss weight of the spread of a state's weight slots (and bias slots) around their mean, in
+    #: units of eta (0: unconstrained). On a real stream the shipped clone's slots part by tens
+    #: in opposite directions while their mean, the weight, stays small
+    slot_weight: float = 0.0
     #: clip exact backprop's new weights and biases to +-0.99 weight_scale, the range a state
     #: holds (``tanh_backprop``'s ``bound_updates``): the rule learns to stop at the edge of that
     #: range rather than to follow updates past it, where its forward message saturates
     bound_updates: bool = False
+    #: also fill the buffer with the states the rule reaches when it learns online on this env
+    #: (a registered env id, e.g. "rulegym/Digits-v0"; None: random-data states only). Every
+    #: ``deploy_every`` iterations the current rule runs ``deploy_lifetimes`` fresh one-layer
+    #: lifetimes of ``deploy_steps`` steps and ``deploy_states`` of their connection states, drawn
+    #: over the steps, go into the buffer: a rule trained on random data only reaches states on a
+    #: real stream where its forward message is far from the forward pass of the weights it holds
+    deploy_env: str | None = None
+    deploy_every: int = 50
+    deploy_lifetimes: int = 4
+    deploy_steps: int = 300
+    deploy_states: int = 16384
     state_size: int = 16
     msg_size: int = 8
     seed: int = 0
@@ -126,7 +141,8 @@ class CloningConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
-        for name in ("connections", "networks", "minibatch", "chain_length", "chain_connections", "buffer_size", "state_size", "msg_size", "log_every"):
+        for name in ("connections", "networks", "minibatch", "chain_length", "chain_connections", "buffer_size", "state_size", "msg_size", "log_every",
+                     "deploy_every", "deploy_lifetimes", "deploy_steps", "deploy_states"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if len(self.deep_sizes) != 3 or any(int(s) < 1 for s in self.deep_sizes):
@@ -136,10 +152,17 @@ class CloningConfig:
             raise ValueError(f"agent_options may not set {fixed}: they are config fields or fixed for cloning (see CLONED_OPTIONS).")
         if self.inputs not in INPUT_DISTRIBUTIONS:
             raise ValueError(f"inputs must be one of {INPUT_DISTRIBUTIONS}, got {self.inputs!r}.")
+        if not (isinstance(self.slot_weight, (int, float)) and math.isfinite(self.slot_weight) and self.slot_weight >= 0):
+            raise ValueError(f"slot_weight must be a number >= 0, got {self.slot_weight!r}.")
         if not 0.0 <= self.fresh_fraction <= 1.0:
             raise ValueError(f"fresh_fraction must lie in [0, 1], got {self.fresh_fraction!r}.")
         if self.state_size < 2:
             raise ValueError("state_size must be >= 2 (a weight and a bias slot).")
+        if self.deploy_env is not None:
+            from rulegym.envs import ENVS
+
+            if self.deploy_env not in ENVS:
+                raise ValueError(f"deploy_env must be a registered env id ({', '.join(sorted(ENVS))}) or None, got {self.deploy_env!r}.")
         return self
 
 
@@ -293,10 +316,18 @@ def _decode(c: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     return scale * c[:, w_slots].mean(1), scale * c[:, b_slots].mean(1)
 
 
-def _update_error(c_new: Tensor, w_target: Tensor, b_target: Tensor, scale: float, eta: float) -> Tensor:
-    """Mean squared error of the new weights and biases, in units of eta."""
+def _update_error(c_new: Tensor, w_target: Tensor, b_target: Tensor, scale: float, eta: float, slot_weight: float = 0.0) -> Tensor:
+    """Mean squared error of the new weights and biases, in units of eta; with ``slot_weight``,
+    plus that times the mean squared spread of the weight (and bias) slots around their mean,
+    in the same units: the decode reads only the mean, so without it the slots may part in
+    opposite directions unseen, until h = o tanh(c) saturates in each of them."""
     w_new, b_new = _decode(c_new, scale)
-    return (((w_new - w_target) / eta) ** 2).mean() + (((b_new - b_target) / eta) ** 2).mean()
+    err = (((w_new - w_target) / eta) ** 2).mean() + (((b_new - b_target) / eta) ** 2).mean()
+    if slot_weight:
+        for slots in weight_slots(c_new.shape[1]):
+            part = c_new[:, slots]
+            err = err + slot_weight * (((part - part.mean(1, keepdim=True)) * scale / eta) ** 2).mean()
+    return err
 
 
 def shallow_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.Generator) -> tuple[Tensor, dict]:
@@ -320,7 +351,7 @@ def shallow_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: tor
     b_t = target["b_new"].reshape(s, k).mean(dim=1)
     fwd_err = ((fwd[:, 0, 0] - target["y"][:, 0]) ** 2).mean()
     bwd_err = ((bwd[:, 0, 0] - target["delta"][:, 0]) ** 2).mean()
-    upd_err = _update_error(c_new[:, :, None, None], w_t[:, None, None], b_t[:, None, None], scale, eta)
+    upd_err = _update_error(c_new[:, :, None, None], w_t[:, None, None], b_t[:, None, None], scale, eta, config.slot_weight)
     buffer.push(h_new, c_new)
     loss = fwd_err + bwd_err + config.update_weight * upd_err
     return loss, {"forward": fwd_err.item(), "backward": bwd_err.item(), "update": upd_err.item()}
@@ -357,7 +388,7 @@ def chain_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch
         w, b = target["w_new"][:, :, 0], target["b_new"]
         fwd_err = fwd_err + ((fwd[:, 0, 0] - target["y"][:, 0]) ** 2).mean()
         bwd_err = bwd_err + ((bwd[:, 0, 0] - target["delta"][:, 0]) ** 2).mean()
-        upd_err = upd_err + _update_error(c, w[:, :, None], b[:, :, None], scale, eta)
+        upd_err = upd_err + _update_error(c, w[:, :, None], b[:, :, None], scale, eta, config.slot_weight)
     fwd_err, bwd_err, upd_err = fwd_err / steps, bwd_err / steps, upd_err / steps
     buffer.push(_flat_state(h), _flat_state(c))
     loss = fwd_err + bwd_err + config.update_weight * upd_err
@@ -416,6 +447,33 @@ def deployment_drift(agent: VSML, env, eta: float, steps: int, seed: int = 0, ev
     return rows
 
 
+@torch.no_grad()
+def deployed_states(agent: VSML, options: dict, env, steps: int, count: int, generator: torch.Generator, seed: int) -> tuple[Tensor, Tensor]:
+    """``count`` connection states (h, c) [count, N] the rule reaches learning online on ``env``
+    (a vector env; a one-layer VSML with ``options`` at the env's sizes and ``agent``'s
+    meta-parameters), drawn uniformly over its lifetimes' connections and ``steps`` steps."""
+    from rulegym.train.loop import _to_torch
+
+    obs, _ = env.reset(seed=seed)
+    lifetimes, x_dim = obs["x"].shape
+    n_classes = obs["y_prev"].shape[1]
+    rule = make_agent("vsml", x_dim, n_classes, **options)
+    rule.load_state_dict(agent.state_dict())
+    state = rule.initial_state(lifetimes, generator=generator)
+    when = torch.randint(1, steps + 1, (count,), generator=generator)
+    picked_h, picked_c = [], []
+    for t in range(1, steps + 1):
+        logits, state = rule.step(_to_torch(obs, torch.device("cpu")), state)
+        obs, *_ = env.step(logits.numpy())
+        k = int((when == t).sum())
+        if k:
+            h, c = _flat_state(state["h0"]), _flat_state(state["c0"])
+            idx = torch.randint(h.shape[0], (k,), generator=generator)
+            picked_h.append(h[idx])
+            picked_c.append(c[idx])
+    return torch.cat(picked_h), torch.cat(picked_c)
+
+
 def deep_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.Generator, own: bool) -> tuple[Tensor, dict]:
     """Two-layer networks; the second layer reads the true (``own=False``) or the VSML's own
     hidden activations, the first the true or the VSML's own backpropagated error."""
@@ -442,8 +500,8 @@ def deep_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.
     fwd_err = ((fwd1[..., 0] - t1["y"]) ** 2).mean() + ((fwd2[..., 0] - t2["y"]) ** 2).mean()
     bwd_err = ((bwd2[..., 0] - t2["delta"]) ** 2).mean()
     # per connection: the weight target, and the bias target of its output (each holds a copy)
-    upd_err = _update_error(c2n, t2["w_new"], b2c - eta * e[:, :, None], scale, eta)
-    upd_err = upd_err + _update_error(c1n, t1["w_new"], b1c - eta * t2["delta"][:, :, None], scale, eta)
+    upd_err = _update_error(c2n, t2["w_new"], b2c - eta * e[:, :, None], scale, eta, config.slot_weight)
+    upd_err = upd_err + _update_error(c1n, t1["w_new"], b1c - eta * t2["delta"][:, :, None], scale, eta, config.slot_weight)
     buffer.push(_flat_state(h1n), _flat_state(c1n))
     buffer.push(_flat_state(h2n), _flat_state(c2n))
     loss = fwd_err + bwd_err + config.update_weight * upd_err
@@ -471,12 +529,20 @@ def train_cloning(config: CloningConfig, agent: VSML | None = None, log=None) ->
         return config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    deploy_env = None
+    if config.deploy_env is not None:
+        import gymnasium as gym
+
+        deploy_env = gym.make_vec(config.deploy_env, num_envs=config.deploy_lifetimes, lifetime_length=config.deploy_steps)
     history: list[dict] = []
     skipped = 0
     start = time.perf_counter()
     step = 0
     for stage, iters in zip(STAGES, config.iterations):
         for i in range(int(iters)):
+            if deploy_env is not None and step % config.deploy_every == 0:
+                seed = config.seed * 2**20 + step // config.deploy_every
+                buffer.push(*deployed_states(agent, cloned_options(config), deploy_env, config.deploy_steps, config.deploy_states, g, seed))
             if stage == "shallow":
                 loss, parts = shallow_loss(agent, buffer, config, g)
             elif stage == "chain":
@@ -497,6 +563,8 @@ def train_cloning(config: CloningConfig, agent: VSML | None = None, log=None) ->
                 history.append(row)
                 if log is not None:
                     log(row)
+    if deploy_env is not None:
+        deploy_env.close()
     return agent, history
 
 
@@ -557,6 +625,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-weight-std", type=float, default=CloningConfig.train_weight_std, help="spread of the fresh training states' weights")
     parser.add_argument("--inputs", choices=INPUT_DISTRIBUTIONS, default=CloningConfig.inputs, help="training inputs: normal, or mixed (a third each normal, 0, U(0,1))")
     parser.add_argument("--bound-updates", action="store_true", help="clip the target weights and biases to +-0.99 x the weight scale")
+    parser.add_argument("--deploy-env", metavar="ENV_ID", help="also train on the states the rule reaches learning online on this env (e.g. rulegym/Digits-v0)")
+    parser.add_argument("--deploy-every", type=int, default=CloningConfig.deploy_every, help="iterations between refills of deployed states")
+    parser.add_argument("--slot-weight", type=float, default=CloningConfig.slot_weight, help="loss weight of the spread of a state's weight slots (units of eta)")
     parser.add_argument("--init", metavar="RULE", help="start from this shipped cloned rule, or a run folder holding meta_params.pt")
     parser.add_argument("--eta", type=float, default=CloningConfig.eta)
     parser.add_argument("--lr", type=float, default=CloningConfig.lr)
@@ -574,7 +645,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--iterations must be {len(STAGES)} integers like 3000,0,1500,1500, got {args.iterations!r}")
     config = CloningConfig(iterations=iterations, eta=args.eta, lr=args.lr, minibatch=args.minibatch, seed=args.seed,
                            connections=args.connections, networks=args.networks, chain_length=args.chain_length, inputs=args.inputs,
-                           weight_scale=args.weight_scale, train_weight_std=args.train_weight_std, bound_updates=args.bound_updates)
+                           weight_scale=args.weight_scale, train_weight_std=args.train_weight_std, bound_updates=args.bound_updates,
+                           deploy_env=args.deploy_env, deploy_every=args.deploy_every, slot_weight=args.slot_weight)
     try:
         config.check()
     except ValueError as err:

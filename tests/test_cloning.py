@@ -11,6 +11,9 @@ from PIL import Image
 from rulegym.agents import make_agent
 from rulegym.learners.cloning import (
     CLONED_OPTIONS,
+    _update_error,
+    cloned_options,
+    deployed_states,
     STAGES,
     CloningConfig,
     StateBuffer,
@@ -222,6 +225,10 @@ def test_bad_settings_raise_clear_errors():
         CloningConfig(fresh_fraction=1.5).check()
     with pytest.raises(ValueError, match="deep_sizes"):
         CloningConfig(deep_sizes=(3, 0, 2)).check()
+    with pytest.raises(ValueError, match="deploy_env must be a registered env id"):
+        CloningConfig(deploy_env="rulegym/Nope-v0").check()
+    with pytest.raises(ValueError, match="slot_weight"):
+        CloningConfig(slot_weight=-1.0).check()
     with pytest.raises(ValueError, match="freeze_forward"):
         check_cloned(make_agent("vsml", 3, 2))
     with pytest.raises(ValueError, match="init_weight_std"):
@@ -286,3 +293,34 @@ def test_bounded_updates_and_logit_scale():
         make_agent("vsml", 6, 3, logit_scale=0.0)
     with pytest.raises(ValueError, match="logit_scale"):
         make_agent("tanh_backprop", 6, 3, logit_scale=float("nan"))
+
+
+def test_slot_spread_is_scored_in_units_of_eta():
+    """The decode reads only the mean of the weight slots; slot_weight scores their spread."""
+    scale, eta = 4.0, 0.5
+    c = torch.zeros(1, 16, 1, 1)
+    c[0, 0:8] = 0.25  # weight 1.0 in all eight weight slots, bias 0
+    target_w, target_b = torch.ones(1, 1, 1), torch.zeros(1, 1, 1)
+    assert _update_error(c, target_w, target_b, scale, eta, slot_weight=1.0).item() == 0.0
+    c[0, 0] += 0.125  # parted: the mean (the weight) moves by 1/16 of a slot's 0.5 change ...
+    c[0, 1] -= 0.125  # ... and back: the weight is still exactly 1.0
+    plain = _update_error(c, target_w, target_b, scale, eta)
+    assert plain.item() == pytest.approx(0.0, abs=1e-12)  # unseen without the spread term
+    # spread of two slots by +-0.125 * scale / eta = +-1 eta unit, over 8 slots: mean square 2/8
+    assert _update_error(c, target_w, target_b, scale, eta, slot_weight=2.0).item() == pytest.approx(2.0 * 2 / 8)
+
+
+def test_deployed_states_come_from_a_rule_learning_on_a_real_stream(one_thread):
+    import gymnasium as gym
+
+    config = CloningConfig(iterations=(4, 0, 0, 0), connections=16, deploy_env="rulegym/Digits-v0",
+                           deploy_every=2, deploy_lifetimes=2, deploy_steps=5, deploy_states=64)
+    agent, history = train_cloning(config)  # refills the buffer at steps 0 and 2
+    assert len(history) >= 1 and math.isfinite(history[-1]["loss"])
+    env = gym.make_vec("rulegym/Digits-v0", num_envs=2, lifetime_length=5)
+    h, c = deployed_states(agent, cloned_options(config), env, 5, 64, torch.Generator().manual_seed(0), seed=0)
+    assert h.shape == c.shape == (64, config.state_size) and torch.isfinite(c).all()
+    # they are states of a 64-input layer after some of its updates: not all the initial ones
+    rule = make_agent("vsml", 64, 10, **cloned_options(config))
+    start = rule.initial_state(2, generator=torch.Generator().manual_seed(0))["c0"]
+    assert not torch.isin(c, start).all()
