@@ -190,3 +190,136 @@ def test_seeds_run_disjoint_lifetimes(tmp_path, no_data, monkeypatch, capsys):
     assert main(["compare", "--agents", "sgd", "adam", "--envs", "rulegym/SumSign-v0", "--out", str(out), *LEAN, *SMALL]) == 2
     assert "lifetime_seeds" in capsys.readouterr().err
     assert main(["compare", "--seeds", str(MAX_SEED), "--out", str(tmp_path / "big"), *LEAN]) == 2
+
+
+def _write_run(folder, agent="sgd", env="SumSign", seeds=(0, 1), steps=20, lifetimes=3):
+    """A run folder of synthetic cells (what `rulegym compare` writes, without running agents)."""
+    from rulegym.train import results as res
+
+    rng = np.random.default_rng(len(str(folder)) + steps)
+    for seed in seeds:
+        res.save_cell(folder, agent, env, seed, correct=rng.random((steps, lifetimes)) < 0.5,
+                      loss_mask=np.ones((steps, lifetimes), bool), loss=rng.random((steps, lifetimes)))
+    return folder
+
+
+def test_report_reads_cell_files_only_and_names_a_broken_one(tmp_path, capsys):
+    from rulegym.train.results import load_runs
+
+    run = _write_run(tmp_path / "run")
+    cells = run / "cells"
+    # what an interrupted write leaves: the hidden temporary file of a cell, here of seed 1
+    (cells / ".sgd__SumSign__s1.4242.tmp.npz").write_bytes((cells / "sgd__SumSign__s1.npz").read_bytes())
+    assert sorted(c.seed for c in load_runs([run])) == [0, 1]
+    data = (cells / "sgd__SumSign__s1.npz").read_bytes()
+    (cells / "sgd__SumSign__s1.npz").write_bytes(data[: len(data) // 2])  # cut short
+    with pytest.raises(ValueError, match=r"sgd__SumSign__s1\.npz is unreadable.*delete it"):
+        load_runs([run])
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    assert "sgd__SumSign__s1.npz" in capsys.readouterr().err
+    # a label with a leading dot still gets a visible cell file, which is read back
+    other = _write_run(tmp_path / "other", agent=".hidden", seeds=[0])
+    assert [(c.agent, c.seed) for c in load_runs([other])] == [(".hidden", 0)]
+
+
+def test_report_tells_run_folders_apart_by_their_path(tmp_path, capsys, monkeypatch):
+    run = _write_run(tmp_path / "r1")
+    monkeypatch.chdir(tmp_path)
+    # the same folder given twice (however spelled) counts once: two seeds, not four
+    assert main(["report", "r1", "./r1/", str(run), "--out", str(tmp_path / "rep")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "summary.csv")))
+    assert [(r["agent"], r["seeds"]) for r in rows] == [("sgd", "2")]
+    # two folders of the same name holding the same cells are refused, never merged as seeds
+    _write_run(tmp_path / "x" / "run")
+    _write_run(tmp_path / "y" / "run")
+    assert main(["report", "x/run", "y/run", "--out", str(tmp_path / "rep2")]) == 2
+    err = capsys.readouterr().err
+    assert "same cell" in err and "rename" in err and not (tmp_path / "rep2").exists()
+
+
+def test_tables_have_a_column_for_every_metric_of_any_row(tmp_path):
+    from rulegym.train.results import load_runs, markdown_table, summarize, write_tables
+
+    run = _write_run(tmp_path / "run", env="A", steps=5)
+    _write_run(run, env="B", steps=40)
+    rows = summarize(load_runs([run]), [10])
+    assert rows[0]["env"] == "A" and "acc_at_10" not in rows[0] and "acc_at_10" in rows[1]
+    write_tables(rows, run)
+    for table in (markdown_table(rows), (run / "summary.md").read_text()):
+        lines = table.splitlines()
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        assert "acc_at_10" in header and "acc_first_10" in header
+        short = [c.strip() for c in lines[2].strip("|").split("|")]
+        long = [c.strip() for c in lines[3].strip("|").split("|")]
+        assert len(short) == len(long) == len(header)
+        assert short[header.index("acc_at_10")] == "" and long[header.index("acc_at_10")] != ""
+
+
+def test_report_of_lifetimes_shorter_than_every_k(tmp_path, capsys):
+    run = _write_run(tmp_path / "run", steps=5)
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0  # ks 10 and 100: heat map of acc_all
+    assert (tmp_path / "rep" / "heatmap.png").is_file()
+    capsys.readouterr()
+    # a metric no row has is refused before anything is written
+    assert main(["report", str(run), "--out", str(tmp_path / "rep2"), "--metric", "acc_first_100"]) == 2
+    assert "acc_first_100" in capsys.readouterr().err and not (tmp_path / "rep2").exists()
+
+
+def test_resume_refuses_changed_meta_parameters(tmp_path, no_data):
+    import hashlib
+
+    import torch
+
+    from rulegym.agents import make_agent
+
+    params = tmp_path / "sgd.pt"
+    torch.save(make_agent("sgd", 16, 2, lr=0.05).state_dict(), params)
+    out = tmp_path / "run"
+
+    def config():
+        env = {"env_id": "rulegym/SumSign-v0", "options": {"x_shape": 16, "n_classes": 2}}
+        return CompareConfig(agents=[{"name": "sgd", "params": str(params)}], envs=[env], seeds=[0], lifetimes=2, steps=10,
+                             ks=[5], plots=False, tensorboard=False)
+
+    compare_mod.run_compare(config(), out, progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["params_sha256"] == {"sgd": hashlib.sha256(params.read_bytes()).hexdigest()}
+    assert load_compare_config(out / "config.json").agents[0].params == str(params)  # a folder's config still loads
+    compare_mod.run_compare(config(), out, progress=False)  # same file: resumes
+    torch.save(make_agent("sgd", 16, 2, lr=0.5).state_dict(), params)  # retrained under the same path
+    with pytest.raises(CompareConfigError, match="params_sha256"):
+        compare_mod.run_compare(config(), out, progress=False)
+
+
+def test_labels_that_share_a_file_name_are_refused():
+    with pytest.raises(CompareConfigError, match=r"'lr:0\.1'.*'lr_0\.1'.*unique|unique.*'lr:0\.1'.*'lr_0\.1'"):
+        CompareConfig(agents=[{"name": "sgd", "label": "lr:0.1"}, {"name": "sgd", "label": "lr_0.1"}])
+    with pytest.raises(CompareConfigError, match="unique"):
+        CompareConfig(agents=["sgd"], envs=[{"env_id": "rulegym/SumSign-v0", "label": "a b"}, {"env_id": "rulegym/Random-v0", "label": "a_b"}])
+    with pytest.raises(CompareConfigError, match="unique"):  # '__' parts agent from env in a file name
+        CompareConfig(agents=[{"name": "sgd", "label": "a__b"}, {"name": "adam", "label": "a"}],
+                      envs=[{"env_id": "rulegym/SumSign-v0", "label": "c"}, {"env_id": "rulegym/Random-v0", "label": "b__c"}])
+    cfg = CompareConfig(agents=[{"name": "sgd", "label": "lr:0.1"}, {"name": "sgd", "label": "lr:0.2"}])
+    assert [a.label for a in cfg.agents] == ["lr:0.1", "lr:0.2"]
+
+
+def _cfg_summary(cfg):
+    return [(a.label, a.options) for a in cfg.agents], [e.options for e in cfg.envs], cfg.seeds
+
+
+def test_set_applies_after_the_flags(monkeypatch):
+    seen = []
+    monkeypatch.setattr(compare_mod, "run_compare", lambda cfg, out, progress: seen.append(cfg) or [{"agent": "sgd", "env": "SumSign", "acc_all": 0.5}])
+    assert main(["compare", "--agents", "sgd", "adam", "--envs", "rulegym/SumSign-v0", "--seeds", "4",
+                 "--set", "agents.0.options.lr=0.1", "--set", "envs.0.options.x_shape=16", "--set", "seeds=[5]", "--out", "unused"]) == 0
+    assert _cfg_summary(seen[-1]) == ([("sgd", {"lr": 0.1}), ("adam", {})], [{"x_shape": 16}], [5])
+    assert main(["eval", "--agents", "sgd", "--set", "agents.0.options.lr=0.2", "--out", "unused"]) == 0
+    assert _cfg_summary(seen[-1])[0] == [("sgd", {"lr": 0.2})]
+
+
+def test_bools_are_not_integers():
+    for key, value in (("seeds", [True]), ("ks", [True]), ("num_threads", True), ("steps", True)):
+        with pytest.raises(CompareConfigError, match=key):
+            CompareConfig.from_dict({key: value})
+    with pytest.raises(CompareConfigError, match="seeds"):
+        load_compare_config(None, ["seeds=[true, 2]"])

@@ -80,3 +80,21 @@ def test_fig8_grid_runs_and_resumes(tmp_path):
     assert {r["train"] for r in csv.DictReader(open(tmp_path / "grid.csv")) if r["agent"] == "vsml"} == {"Random"}
     with pytest.raises(SystemExit):
         vsml_fig8.main([*args, "--sets", "no Nothing"])
+
+
+def test_fig8_interval_is_the_t_interval_over_test_lifetimes(monkeypatch):
+    import math
+    from types import SimpleNamespace
+
+    import torch
+    from scipy import stats
+
+    from rulegym.train import loop
+    from rulegym.train.experiments import vsml_fig8
+
+    correct = torch.tensor([[1, 0, 1], [1, 0, 0], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)  # [steps, lifetimes]
+    monkeypatch.setattr(loop, "run_lifetime", lambda agent, env, seed: SimpleNamespace(correct=correct))
+    acc, half = vsml_fig8.meta_test("sgd", {"lr": 0.03}, None, "Random", lifetimes=3, length=4, seed=0)
+    per_life = np.array([0.75, 0.5, 0.75])
+    assert acc == pytest.approx(per_life.mean())
+    assert half == pytest.approx(stats.t.ppf(0.975, 2) * per_life.std(ddof=1) / math.sqrt(3))  # not 1.96 * ...

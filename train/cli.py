@@ -56,14 +56,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rulegym.train.compare import CompareConfigError, load_compare_config, run_compare
     from rulegym.train.results import markdown_table
 
-    overrides = list(args.set)
-    for name in ("agents", "envs", "seeds"):
-        value = getattr(args, name)
-        if value is not None:
-            overrides.append(f"{name}={json.dumps(value)}")
-    for name in ("lifetimes", "steps"):
+    # the flags first, then --set, so that --set can refine what a flag gave: agents and envs as
+    # tables, so that e.g. `--agents sgd --set agents.0.options.lr=0.1` sets that agent's option
+    overrides = []
+    if args.agents is not None:
+        overrides.append(f"agents={json.dumps([{'name': name} for name in args.agents])}")
+    if args.envs is not None:
+        overrides.append(f"envs={json.dumps([{'env_id': env_id} for env_id in args.envs])}")
+    for name in ("seeds", "lifetimes", "steps"):
         if getattr(args, name) is not None:
-            overrides.append(f"{name}={getattr(args, name)}")
+            overrides.append(f"{name}={json.dumps(getattr(args, name))}")
+    overrides += args.set
     try:
         cfg = load_compare_config(args.config, overrides, quick=args.quick)
         out = Path(args.out) if args.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
@@ -86,7 +89,7 @@ def cmd_train(args: argparse.Namespace, rest: Sequence[str]) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Meta-test saved or shipped rules and baselines: a comparison with one agent per
     ``--params`` file plus any named agents, on the given envs."""
-    agents: list = list(args.agents or [])
+    agents: list = [{"name": name} for name in args.agents or []]
     for item in args.params:
         name, sep, path = item.partition("=")
         if not sep:

@@ -7,7 +7,7 @@ seeds with a 95% t-interval.
 
 A run folder holds::
 
-    config.json        the resolved config
+    config.json        the resolved config (and the SHA-256 of each meta-parameters file)
     run.json           seeds, package versions, command, times
     cells/*.npz        per-step results of each finished cell (correct, loss, loss_mask [T, B])
     summary.md/.csv    the table
@@ -25,6 +25,7 @@ meta-training or of a learner's meta-test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import sys
@@ -43,6 +44,11 @@ LIFETIME_SEEDS = f"lifetime i of seed s: env seed {COMPARE_SEED_BASE} + s * {TRA
 
 class CompareConfigError(ValueError):
     """A compare config key or value is invalid; the message names it and the valid ones."""
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, not a bool (which Python counts as one: ``seeds = [true]`` is no seed)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _parse_spec(cls, value: Any, what: str, key: str):
@@ -188,12 +194,18 @@ class CompareConfig:
         self.envs = [EnvSpec.parse(e) for e in (self.envs if isinstance(self.envs, list) else [self.envs])]
         if not self.agents or not self.envs:
             raise CompareConfigError("a comparison needs at least one agent and one env.")
-        for kind, items in (("agent", self.agents), ("env", self.envs)):
-            labels = [i.label for i in items]
-            dup = sorted({lab for lab in labels if labels.count(lab) > 1})
-            if dup:
-                raise CompareConfigError(f"{kind} labels must be unique, {dup} repeat; give each a distinct label.")
-        if not isinstance(self.seeds, list) or not self.seeds or not all(isinstance(s, int) and s >= 0 for s in self.seeds):
+        # each (agent, env) pair writes its cells to files of its own, named after the labels
+        pairs = [(a.label, e.label) for a in self.agents for e in self.envs]
+        first: dict[str, int] = {}
+        for i, (agent, env) in enumerate(pairs):
+            j = first.setdefault(res.cell_stem(agent, env), i)
+            if j != i:
+                raise CompareConfigError(
+                    f"agent and env labels must be unique, also as file names: agent {pairs[j][0]!r} on env {pairs[j][1]!r} and "
+                    f"agent {agent!r} on env {env!r} would write the same cells/{res.cell_stem(agent, env)}__s<seed>.npz (a file "
+                    "name keeps letters, digits and _.+-, anything else becomes _); give them labels that differ there."
+                )
+        if not isinstance(self.seeds, list) or not self.seeds or not all(_is_int(s) and s >= 0 for s in self.seeds):
             raise CompareConfigError(f"seeds must be a non-empty list of non-negative integers, got {self.seeds!r}.")
         if len(set(self.seeds)) != len(self.seeds):
             raise CompareConfigError(f"seeds repeat: {self.seeds}.")
@@ -201,13 +213,13 @@ class CompareConfig:
             raise CompareConfigError(f"seeds must be below {MAX_SEED} (each indexes its own range of lifetime seeds), got {max(self.seeds)}.")
         for name in ("lifetimes", "steps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise CompareConfigError(f"{name} must be a positive integer, got {value!r}.")
         if self.lifetimes >= TRAIN_SEED_STRIDE:
             raise CompareConfigError(f"lifetimes must be below {TRAIN_SEED_STRIDE} (the lifetime seeds of one seed), got {self.lifetimes}.")
-        if not isinstance(self.ks, list) or not all(isinstance(k, int) and 1 <= k for k in self.ks):
+        if not isinstance(self.ks, list) or not all(_is_int(k) and 1 <= k for k in self.ks):
             raise CompareConfigError(f"ks must be a list of positive integers, got {self.ks!r}.")
-        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
             raise CompareConfigError(f"num_threads must be a positive integer or null, got {self.num_threads!r}.")
         for name in ("tensorboard", "plots"):
             if not isinstance(getattr(self, name), bool):
@@ -217,9 +229,16 @@ class CompareConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def folder_dict(self) -> dict[str, Any]:
-        """What a run folder's config.json holds: the config and how its lifetimes are seeded
-        (a folder whose cells were seeded otherwise is not resumed into)."""
-        return {**self.to_dict(), "lifetime_seeds": LIFETIME_SEEDS}
+        """What a run folder's config.json holds: the config, how its lifetimes are seeded and the
+        SHA-256 of each agent's meta-parameters file (a folder whose cells were seeded otherwise, or
+        run with other meta-parameters under the same path, is not resumed into). Without such
+        files there is no hash entry, so folders written before hashes were recorded still resume."""
+        hashes = self.params_sha256()
+        return {**self.to_dict(), "lifetime_seeds": LIFETIME_SEEDS, **({"params_sha256": hashes} if hashes else {})}
+
+    def params_sha256(self) -> dict[str, str]:
+        """Agent label -> SHA-256 of its ``params`` file, for the agents that have one."""
+        return {a.label: hashlib.sha256(Path(a.params).read_bytes()).hexdigest() for a in self.agents if a.params}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CompareConfig":
@@ -255,6 +274,7 @@ def load_compare_config(path: str | Path | None, overrides: Sequence[str] = (), 
         raise CompareConfigError(str(err)) from err
     data.pop("kind", None)
     data.pop("lifetime_seeds", None)  # a run folder's config.json
+    data.pop("params_sha256", None)
     return CompareConfig.from_dict(data)
 
 
@@ -308,15 +328,16 @@ def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> lis
               f"than the env's {dims[env_label][:2]}.", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
+    new = cfg.folder_dict()
     if config_path.exists():
-        old, new = json.loads(config_path.read_text()), cfg.folder_dict()
+        old = json.loads(config_path.read_text())
         if old != new:
             raise CompareConfigError(
                 f"{out_dir} holds a comparison with a different config; use a new --out folder, "
                 f"or the same config to resume it (differences in: "
                 f"{sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))})."
             )
-    res.write_json(config_path, cfg.folder_dict())
+    res.write_json(config_path, new)
     info = {"seeds": cfg.seeds, "versions": package_versions(), "command": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     cells = [(a, e, s) for e in cfg.envs for a in cfg.agents for s in cfg.seeds if (a.label, e.label) not in skipped]
     info["skipped"] = [list(pair) for pair in skipped]

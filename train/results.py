@@ -15,6 +15,8 @@ import math
 import os
 import re
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -30,7 +32,14 @@ METRIC_DOC = {
 
 
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
+    """``text`` as part of a file name: letters, digits and ``_.+-`` kept, anything else (and a
+    leading dot, which would hide the file) becomes ``_``."""
+    return re.sub(r"^\.|[^A-Za-z0-9_.+-]", "_", text)
+
+
+#: a cell file's name; anything else under ``cells/`` (e.g. the hidden temporary file of a write
+#: that was interrupted) is not a cell
+CELL_NAME = re.compile(r"[^.].*__.+__s\d+\.npz")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -40,8 +49,14 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def cell_stem(agent: str, env: str) -> str:
+    """The file name the cells of (agent, env) share, up to the seed: two pairs with the same
+    stem would overwrite each other's cells."""
+    return f"{_safe(agent)}__{_safe(env)}"
+
+
 def cell_path(run_dir: Path, agent: str, env: str, seed: int) -> Path:
-    return Path(run_dir) / "cells" / f"{_safe(agent)}__{_safe(env)}__s{seed}.npz"
+    return Path(run_dir) / "cells" / f"{cell_stem(agent, env)}__s{seed}.npz"
 
 
 def save_cell(run_dir: Path, agent: str, env: str, seed: int, *, correct, loss_mask, loss) -> Path:
@@ -78,27 +93,41 @@ class Cell:
 
 
 def load_runs(run_dirs: Iterable[Path]) -> list[Cell]:
-    """Every cell of the given run folders; agents that occur in several runs get the run name
-    as a prefix so merged reports keep them apart."""
-    cells: list[Cell] = []
-    for run in run_dirs:
-        run = Path(run)
+    """Every cell of the given run folders (a folder given twice counts once); agents that occur
+    in several runs get the run's folder name as a prefix so merged reports keep them apart.
+    Two cells of the same (agent, env, seed) after that -- folders with the same name holding
+    the same cell -- are an error, never extra seeds."""
+    runs = {Path(run).resolve(): Path(run) for run in run_dirs}
+    loaded: list[tuple[Cell, Path, Path]] = []  # each cell with its run folder (resolved) and file
+    for resolved, run in runs.items():
         folder = run / "cells"
         if not folder.is_dir():
             raise FileNotFoundError(f"{run} is not a rulegym run folder (no cells/ inside); pass folders written by `rulegym compare`.")
-        for path in sorted(folder.glob("*.npz")):
+        for path in sorted(p for p in folder.glob("*.npz") if CELL_NAME.fullmatch(p.name)):
             try:
                 with np.load(path) as z:
-                    cells.append(Cell(str(z["agent"]), str(z["env"]), int(z["seed"]), z["correct"], z["loss_mask"], z["loss"], run.name))
-            except (OSError, KeyError, ValueError) as err:
-                raise ValueError(f"cell file {path} is unreadable ({err}); delete it and re-run the comparison to redo that cell.") from err
-    runs_of = {}
-    for c in cells:
-        runs_of.setdefault(c.agent, set()).add(c.run)
-    for c in cells:
+                    cell = Cell(str(z["agent"]), str(z["env"]), int(z["seed"]), z["correct"], z["loss_mask"], z["loss"], resolved.name)
+            except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as err:
+                raise ValueError(
+                    f"cell file {path} is unreadable ({type(err).__name__}: {err}), e.g. cut short by an interrupted run; "
+                    "delete it and run the same comparison again (resume) to redo that cell."
+                ) from err
+            loaded.append((cell, resolved, path))
+    runs_of: dict[str, set[Path]] = {}
+    for c, resolved, _ in loaded:
+        runs_of.setdefault(c.agent, set()).add(resolved)
+    for c, _, _ in loaded:
         if len(runs_of[c.agent]) > 1:
             c.agent = f"{c.run}/{c.agent}"
-    return cells
+    first: dict[tuple[str, str, int], Path] = {}
+    for c, _, path in loaded:
+        other = first.setdefault((c.agent, c.env, c.seed), path)
+        if other != path:
+            raise ValueError(
+                f"{other} and {path} hold the same cell (agent {c.agent!r}, env {c.env!r}, seed {c.seed}) in run folders "
+                "of the same name, which a report cannot keep apart; rename one of the folders (or report them separately)."
+            )
+    return [c for c, _, _ in loaded]
 
 
 def cell_metrics(cell: Cell, ks: Sequence[int]) -> dict[str, float]:
@@ -152,20 +181,31 @@ def summarize(cells: list[Cell], ks: Sequence[int]) -> list[dict[str, Any]]:
                 continue
             per_seed = [cell_metrics(c, ks) for c in sorted(group, key=lambda c: c.seed)]
             row: dict[str, Any] = {"agent": agent, "env": env, "seeds": len(group), "lifetimes": int(group[0].correct.shape[1])}
-            for name in per_seed[0]:
+            for name in _ordered(n for m in per_seed for n in m):
                 mean, half = interval95([m.get(name, math.nan) for m in per_seed])
                 row[name], row[name + "_ci95"] = mean, half
             rows.append(row)
     return rows
 
 
+def metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The metrics of any row, in the order they first occur (rows of shorter lifetimes lack
+    the metrics of the larger k)."""
+    return _ordered(k for r in rows for k in r if (k.startswith("acc") or k.startswith("loss")) and not k.endswith("_ci95"))
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    metrics = [k for k in rows[0] if (k.startswith("acc") or k.startswith("loss")) and not k.endswith("_ci95")]
+    """The rows as a Markdown table, one column per metric of any row (blank where a row lacks it,
+    "–" where it is NaN)."""
+    metrics = metric_names(rows)
     lines = ["| agent | env | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for r in rows:
         cells = []
         for m in metrics:
-            value, half = r.get(m, math.nan), r.get(m + "_ci95", math.nan)
+            if m not in r:
+                cells.append("")
+                continue
+            value, half = r[m], r.get(m + "_ci95", math.nan)
             cells.append("–" if math.isnan(value) else f"{value:.3f}" + ("" if math.isnan(half) else f" ± {half:.3f}"))
         lines.append(f"| {r['agent']} | {r['env']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -300,10 +340,18 @@ def report(run_dirs: Sequence[Path], out_dir: Path, ks: Sequence[int] = (10, 100
     cells = load_runs(run_dirs)
     if not cells:
         raise ValueError(f"no finished cells in {', '.join(map(str, run_dirs))}.")
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize(cells, ks)
+    # the heat map's metric is settled before anything is written
+    steps = min(c.correct.shape[0] for c in cells)
+    fitting = [k for k in ks if k <= steps]
+    metric = heatmap_metric or (f"acc_first_{max(fitting)}" if fitting else "acc_all")
+    if metric not in metric_names(rows):
+        raise ValueError(
+            f"heat map metric {metric!r} is in no row (the shortest lifetime has {steps} steps); "
+            f"pick one of {', '.join(metric_names(rows))} with --metric, or k of at most {steps} with --ks."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_tables(rows, out_dir)
     plot_curves(cells, out_dir / "curves")
-    metric = heatmap_metric or f"acc_first_{max(k for k in ks if k <= min(c.correct.shape[0] for c in cells))}"
     plot_heatmap(rows, metric, out_dir / "heatmap")
     return rows

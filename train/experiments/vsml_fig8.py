@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -101,6 +100,7 @@ def meta_test(agent_name: str, options: dict, params: Path | None, dataset: str,
     import rulegym.envs  # noqa: F401
     from rulegym.train.compare import AgentSpec
     from rulegym.train.loop import env_dims, run_lifetime
+    from rulegym.train.results import interval95
 
     task = _task(dataset, "test", length)
     env = gym.make_vec(task["env_id"], num_envs=lifetimes, **task["options"])
@@ -108,9 +108,7 @@ def meta_test(agent_name: str, options: dict, params: Path | None, dataset: str,
     agent = AgentSpec(agent_name, options=options, params=str(params) if params else "").build(x_dim, n_classes)
     result = run_lifetime(agent, env, seed=seed)
     env.close()
-    per_life = result.correct.float().mean(dim=0).numpy()
-    half = 1.96 * per_life.std(ddof=1) / math.sqrt(len(per_life)) if len(per_life) > 1 else float("nan")
-    return float(per_life.mean()), float(half)
+    return interval95(result.correct.float().mean(dim=0).tolist())
 
 
 def write_outputs(rows: list[dict], out: Path) -> None:
