@@ -7,10 +7,17 @@ e = p - onehot(y) (the env's ``err_prev``) enters at the output and runs backwar
   w_ab   <- w_ab - lr tanh(x_a) e_b
   b_b    <- b_b  - lr e_b
 with x the inputs the layer saw in the forward pass and delta computed with the weights before
-the update. This is gradient descent on the summed loss with a step of lr times the layer's
-fan-in (the means put 1/fan-in into every gradient); it is what
-:mod:`rulegym.learners.cloning` trains VSML's sub-LSTMs to do, so ``tanh_backprop`` with the same
-lr and initial weights is the exact reference a cloned rule is compared with.
+the update. This is gradient descent on the summed loss, with a step size that differs per
+layer. Write A_k, B_k for layer k's fan-in and fan-out (B_k = A_{k+1}). The forward mean puts
+1/A_k into the gradient of layer k's weights; the true gradient at its inputs is
+sum_b e_b w_ab (1 - tanh(x_a)^2) / A_k, and delta divides by B_k instead, so the delta a
+layer sends down is A_k/B_k times the true gradient, and every layer below inherits that
+factor. Layer k's weights thus move lr * A_k * c_k times their gradient and its biases
+lr * c_k times theirs, with c_k the product of A_j/B_j over the layers j above k (1 for the
+last layer): lr * A_1 for the output weights of x (A_0) -> A_1 -> B, and lr * A_0 * A_1 / B
+for the hidden ones. It is what :mod:`rulegym.learners.cloning` trains VSML's sub-LSTMs to do,
+so ``tanh_backprop`` with the same lr and initial weights is the exact reference a cloned rule
+is compared with.
 
 Weights and biases live in the state ([lifetimes, outputs, inputs]); the only meta-parameter is
 the log learning rate. Vectorised over lifetimes; a loop over layers only.
@@ -24,7 +31,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from rulegym.agents.base import Agent, Obs, State, bound_logits, check_positive_int, check_positive_number
+from rulegym.agents.base import Agent, Obs, State, bound_logits, check_layer_sizes, check_positive_int, check_positive_number
 from rulegym.agents.registry import register_agent
 
 
@@ -53,7 +60,7 @@ class TanhBackprop(Agent):
     """Online backprop on a mean-of-tanh network (see the module docstring).
 
     Args:
-        hidden: hidden layer sizes (default none: one layer x_dim -> n_classes).
+        hidden: hidden layer sizes, e.g. ``(32,)`` or ``32`` (default none: one layer x_dim -> n_classes).
         lr: the step size of the update rule above (0.3).
         init_weight_std: initial weights ~ N(0, std^2), clipped to +-weight_bound (1.0).
         weight_bound: the clip of the initial weights (3.96: what a cloned VSML's state
@@ -81,11 +88,11 @@ class TanhBackprop(Agent):
         check_positive_number("lr", lr)
         if not (init_weight_std >= 0 and math.isfinite(init_weight_std)):
             raise ValueError(f"init_weight_std must be a finite number >= 0, got {init_weight_std!r}.")
-        self.sizes = (x_dim, *(check_positive_int("hidden layer size", h) for h in hidden), n_classes)
+        self.sizes = (self.x_dim, *check_layer_sizes("hidden", hidden), self.n_classes)
         self.n_layers = len(self.sizes) - 1
         self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
         self.init_weight_std = float(init_weight_std)
-        self.weight_bound = float(weight_bound)
+        self.weight_bound = check_positive_number("weight_bound", weight_bound)
         self.bound_updates = bool(bound_updates)
         self.logit_scale = check_positive_number("logit_scale", logit_scale)
         self.state_kinds = {}
@@ -93,6 +100,7 @@ class TanhBackprop(Agent):
             self.state_kinds.update({f"w{k}": "weight", f"b{k}": "weight", f"x{k}": "activation"})
 
     def initial_state(self, batch_size: int, generator: torch.Generator | None = None) -> State:
+        batch_size = check_positive_int("batch_size", batch_size)
         p = self.log_lr
         state: State = {}
         for k in range(self.n_layers):

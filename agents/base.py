@@ -19,6 +19,7 @@ members.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Callable, Literal, Mapping
 
 import torch
@@ -50,6 +51,9 @@ class Agent(nn.Module):
 
     def __init__(self, x_dim: int, n_classes: int):
         super().__init__()
+        for name, value, what in (("x_dim", x_dim, "input features"), ("n_classes", n_classes, "classes")):
+            if isinstance(value, bool) or not _is_integer(value):
+                raise ValueError(f"{name} must be an integer (the number of {what}), got {value!r}.")
         if x_dim < 1 or n_classes < 2:
             raise ValueError(f"an agent needs x_dim >= 1 and n_classes >= 2, got x_dim={x_dim}, n_classes={n_classes}.")
         self.x_dim = int(x_dim)
@@ -117,6 +121,32 @@ def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
+
+
+def _is_integer(value: object) -> bool:
+    """Python and NumPy integers (anything with __index__), not floats such as 2.5 or 2.0."""
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def check_layer_sizes(name: str, value: object) -> tuple[int, ...]:
+    """Hidden layer sizes as a tuple of positive ints: a sequence such as ``(32, 16)`` (``()``:
+    no hidden layer), or one int for a single hidden layer (``32`` means ``(32,)``)."""
+    if _is_integer(value) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        sizes = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        sizes = None
+    if sizes is None or isinstance(value, (str, bytes)):
+        raise ValueError(f"{name} must be hidden layer sizes, e.g. (32,) or (64, 32) or one int, got {value!r}.")
+    for h in sizes:
+        if isinstance(h, bool) or not _is_integer(h) or operator.index(h) < 1:
+            raise ValueError(f"{name}: a hidden layer size must be a positive integer, got {h!r} in {value!r}.")
+    return tuple(operator.index(h) for h in sizes)
 
 
 def check_positive_number(name: str, value: object) -> float:

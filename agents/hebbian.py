@@ -45,6 +45,8 @@ Initialisation follows Miconi's code: W, C ~ 0.01 N(0, 1), eta = 0.01, b = 0.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -100,6 +102,8 @@ class HebbianFastWeights(Agent):
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
         if post not in POSTS:
             raise ValueError(f"post must be one of {POSTS}, got {post!r}.")
+        if isinstance(eta_init, bool) or not isinstance(eta_init, (int, float)) or not math.isfinite(eta_init):
+            raise ValueError(f"eta_init must be a finite number (the initial trace rate, e.g. 0.01), got {eta_init!r}.")
         self.rule, self.post, self.clip = rule, post, bool(clip)
         self.eta_per_connection = bool(eta_per_connection)
         self.in_dim = self.x_dim + 2 * self.n_classes

@@ -10,6 +10,9 @@ The gradient of that loss is rebuilt from the error the env reveals, ``err_prev 
 and the previous input and hidden activations, which the state keeps ("activation" entries);
 weights and optimiser moments are "weight" entries. Updates reproduce ``torch.optim.SGD``
 (with optional momentum) and ``torch.optim.Adam`` (bias correction included) step for step.
+A lifetime whose ``y_prev`` is all zero (no label has arrived: the first step of a lifetime, or
+the first step after its activations were reset) takes no optimiser step: its weights and
+optimiser state (momentum buffers, moments, step count) stay exactly as they were.
 
 The only meta-parameter is the log learning rate (``log_lr``, an ``nn.Parameter``), so a
 learner can tune the baseline by gradient descent or ES like any learned rule. Gradients reach
@@ -28,7 +31,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rulegym.agents.base import Agent, Obs, State
+from rulegym.agents.base import Agent, Obs, State, check_positive_number
 from rulegym.agents.registry import register_agent
 from rulegym.envs.protocol import LOGIT_BOUND
 
@@ -47,6 +50,11 @@ def _affine(w: Tensor, b: Tensor, x: Tensor) -> Tensor:
     the column form w @ x for these shapes.
     """
     return torch.bmm(x.unsqueeze(1), w.transpose(1, 2)).squeeze(1) + b
+
+
+def _keep_where_invalid(valid: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """``new`` for lifetimes with a revealed label (valid 1), ``old`` unchanged for the others."""
+    return torch.where(valid.view((-1,) + (1,) * (new.dim() - 1)) > 0, new, old)
 
 
 def _full(grad: Tensor | tuple[Tensor, Tensor]) -> Tensor:
@@ -96,6 +104,9 @@ class OnlineOptimAgent(Agent):
         return {}
 
     def _update(self, weights: State, grads: State, opt: State, valid: Tensor, lr: Tensor) -> tuple[State, State]:
+        """One optimiser step per lifetime whose ``valid`` is 1; lifetimes with ``valid`` 0 (no
+        label revealed yet) keep their weights and optimiser state exactly, as a torch.optim
+        optimiser that is not stepped."""
         raise NotImplementedError
 
     # -- the agent protocol -----------------------------------------------------------------
@@ -157,7 +168,8 @@ class OnlineOptimAgent(Agent):
         return LOGIT_BOUND * y, keep
 
     def _step(self, obs: Obs, state: State) -> tuple[Tensor, State]:
-        # 1 where a previous example exists (y_prev is one-hot), 0 at the start of a lifetime
+        # 1 where a previous example exists (y_prev is one-hot), 0 where no label has arrived
+        # (the start of a lifetime, or the first step after its activations were reset)
         valid = obs["y_prev"].sum(dim=-1).clamp(max=1.0)
         weights = {n: state[n] for n in self.weight_names}
         opt = {n: state[n] for n in self._optimizer_entries()}
@@ -194,18 +206,22 @@ class OnlineSGD(OnlineOptimAgent):
 
     def _update(self, weights, grads, opt, valid, lr):
         new_w, new_opt = {}, {}
+        # plain SGD: a zero step for lifetimes without a label (w - 0 * g is w exactly, and costs
+        # no extra pass over the weights); with momentum the buffer would decay and move the
+        # weights, so those lifetimes keep weights and buffers as they were
+        lr_b = (lr * valid).unsqueeze(1)  # [B, 1]
         for n in self.weight_names:
             g = grads[n]
             if self.momentum:
                 # torch.optim.SGD: buf = g at the first step, momentum * buf + g after; zero
-                # buffers make that one formula (the gradient is zero before the first example)
-                g = self.momentum * opt[f"buf_{n}"] + _full(g)
-                new_opt[f"buf_{n}"] = g
-                new_w[n] = weights[n] - lr * g
+                # buffers make that one formula
+                buf = self.momentum * opt[f"buf_{n}"] + _full(g)
+                new_opt[f"buf_{n}"] = _keep_where_invalid(valid, buf, opt[f"buf_{n}"])
+                new_w[n] = _keep_where_invalid(valid, weights[n] - lr * buf, weights[n])
             elif isinstance(g, tuple):  # w - lr * left (x) right, fused
-                new_w[n] = torch.addcmul(weights[n], (-lr * g[0]).unsqueeze(2), g[1].unsqueeze(1))
+                new_w[n] = torch.addcmul(weights[n], (-lr_b * g[0]).unsqueeze(2), g[1].unsqueeze(1))
             else:
-                new_w[n] = weights[n] - lr * g
+                new_w[n] = weights[n] - lr_b * g
         return new_w, new_opt
 
 
@@ -218,7 +234,8 @@ class OnlineAdam(OnlineOptimAgent):
     through Adam keeps about six [B, out, in] tensors per step and weight matrix (~190 MB per
     step for 64 lifetimes of the default MLP on MNIST): truncate or checkpoint. The step count is per
     lifetime and counts only real examples (not the first step of a lifetime, which has no
-    previous label), as a torch.optim.Adam that is stepped once per revealed label.
+    previous label), as a torch.optim.Adam that is stepped once per revealed label; on a step
+    without a label the weights and moments do not change either.
     """
 
     def __init__(
@@ -231,12 +248,12 @@ class OnlineAdam(OnlineOptimAgent):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ):
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), e.g. (0.9, 0.999), got {betas!r}.")
         b1, b2 = (float(b) for b in betas)
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}.")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}.")
-        self.betas, self.eps = (b1, b2), float(eps)
+        self.betas, self.eps = (b1, b2), check_positive_number("eps", eps)
         super().__init__(x_dim, n_classes, hidden=hidden, lr=lr)
 
     def _optimizer_entries(self) -> list[str]:
@@ -265,6 +282,8 @@ class OnlineAdam(OnlineOptimAgent):
             m = torch.lerp(opt[f"m_{n}"], g, 1.0 - b1)
             v = torch.addcmul(opt[f"v_{n}"] * b2, g, g, value=1.0 - b2)
             denom = torch.addcdiv(eps, v.sqrt(), bc2_sqrt.view(shape))
-            new_w[n] = w - step_size.view(shape) * (m / denom)
-            new_opt[f"m_{n}"], new_opt[f"v_{n}"] = m, v
+            # lifetimes without a label take no step: weights and moments stay as they were
+            new_w[n] = _keep_where_invalid(valid, w - step_size.view(shape) * (m / denom), w)
+            new_opt[f"m_{n}"] = _keep_where_invalid(valid, m, opt[f"m_{n}"])
+            new_opt[f"v_{n}"] = _keep_where_invalid(valid, v, opt[f"v_{n}"])
         return new_w, new_opt

@@ -3,6 +3,12 @@
 Each rule is a pair of files in ``agents/rules/``: ``<name>.pt`` (the meta-parameters, an
 agent state_dict, loaded with ``weights_only=True``) and ``<name>.json`` (the agent name and
 options it was built with, the command and config that trained it, and its measured metrics).
+The manifest's top-level ``sha256`` is the sha256 of the shipped ``<name>.pt``, written by
+:func:`ship_rule`; :func:`load_pretrained` checks it and refuses a parameters file that does not
+match (a corrupted or half-copied install, or a ``.pt`` replaced without re-shipping). A manifest
+without it (a rule shipped before the key existed) still loads, unchecked. ``training.sha256``,
+when present, is something else: the hash of the training run's ``meta_params.pt`` (a checkpoint
+file, which need not be byte-identical to the shipped file even when its tensors are equal).
 A rule's meta-parameters do not depend on the input or output size for learned-rule agents
 such as VSML, so one rule runs on any task. Baselines whose meta-parameters do (Meta RNN,
 Hebbian fast weights) record the sizes they fit in the manifest (``x_dim``, ``n_classes``) and
@@ -14,6 +20,7 @@ meta-parameters of a ``rulegym train`` run folder as the rule NAME.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +51,17 @@ class PretrainedInfo:
     def fits(self, x_dim: int, n_classes: int) -> bool:
         return self.sizes is None or self.sizes == (x_dim, n_classes)
 
+    @property
+    def sha256(self) -> str | None:
+        """The sha256 the manifest records for the shipped ``.pt`` (None in a manifest from
+        before it was recorded: such a rule loads unchecked)."""
+        return self.meta.get("sha256")
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
 
 def _discover() -> dict[str, PretrainedInfo]:
     found: dict[str, PretrainedInfo] = {}
@@ -70,7 +88,8 @@ PRETRAINED: dict[str, PretrainedInfo] = _discover()
 def load_pretrained(name: str, x_dim: int, n_classes: int, **options: Any):
     """Build the rule's agent for ``x_dim`` inputs and ``n_classes`` classes and load its
     meta-parameters. ``options`` override the agent options it was trained with (e.g. a
-    different number of ticks), as long as the meta-parameter shapes still match."""
+    different number of ticks), as long as the meta-parameter shapes still match. The
+    parameters file must have the sha256 the manifest records (when it records one)."""
     from rulegym.agents import make_agent
 
     if name not in PRETRAINED:
@@ -84,13 +103,37 @@ def load_pretrained(name: str, x_dim: int, n_classes: int, **options: Any):
             f"n_classes={info.sizes[1]} only, not x_dim={x_dim}, n_classes={n_classes}; give the task that many "
             "inputs and classes (e.g. resize=8 for 8x8 images), or use a size-free rule."
         )
+    if info.sha256 is not None:
+        actual = file_sha256(info.path)
+        if actual != info.sha256:
+            raise ValueError(
+                f"pretrained rule {name!r}: its parameters file {info.path} has sha256 {actual}, but its manifest "
+                f"{info.path.with_suffix('.json')} records {info.sha256}; the file is corrupted or was replaced "
+                "without re-shipping. Reinstall rulegym, or re-ship the rule with ship_rule / "
+                "`python -m rulegym.agents.pretrained RUN_DIR NAME` (which records the hash of the file it writes)."
+            )
     agent = make_agent(info.agent, x_dim, n_classes, **{**info.options, **options})
     state = torch.load(info.path, map_location="cpu", weights_only=True)
+    own = agent.state_dict()
+    changed = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape}
+    if changed:
+        overrides = f" with the options {options}" if options else ""
+        raise ValueError(
+            f"pretrained rule {name!r} does not fit a {info.agent} built{overrides} for x_dim={x_dim}, "
+            f"n_classes={n_classes}: meta-parameter shapes differ (name: (rule's shape, agent's shape)) {changed}; "
+            "override only options that keep the meta-parameter shapes (e.g. ticks), not sizes such as "
+            "state_size or hidden widths."
+        )
     missing, unexpected = agent.load_state_dict(state, strict=False)
     if missing or unexpected:
+        hint = (
+            f"the options {options} change which meta-parameters it has; drop them"
+            if options
+            else "it only runs where its meta-parameters are size-independent"
+        )
         raise ValueError(
             f"pretrained rule {name!r} does not fit a {info.agent} built for x_dim={x_dim}, n_classes={n_classes} "
-            f"(missing {missing}, unexpected {unexpected}); it only runs where its meta-parameters are size-independent."
+            f"(missing {missing}, unexpected {unexpected}); {hint}."
         )
     return agent
 
@@ -108,7 +151,9 @@ def size_free(agent: str, **options: Any) -> bool:
 
 def ship_rule(name: str, state_dict: dict[str, torch.Tensor], manifest: dict[str, Any], rules_dir: Path | None = None) -> Path:
     """Write a rule into the rules folder: ``NAME.pt`` (the state_dict) and ``NAME.json`` (the
-    manifest: ``agent``, ``agent_options``, ``description``, ...), each atomically."""
+    manifest: ``agent``, ``agent_options``, ``description``, ..., plus ``sha256``, the hash of
+    the ``NAME.pt`` written here, which :func:`load_pretrained` checks), each atomically. The
+    given manifest is not modified; a ``sha256`` in it is replaced."""
     if not name.isidentifier():
         raise ValueError(f"a rule name must be an identifier (letters, digits, underscores), got {name!r}.")
     missing = {"agent", "description"} - set(manifest)
@@ -118,6 +163,7 @@ def ship_rule(name: str, state_dict: dict[str, torch.Tensor], manifest: dict[str
     rules_dir.mkdir(parents=True, exist_ok=True)
     tmp = rules_dir / f"{name}.pt.tmp"
     torch.save(state_dict, tmp)
+    manifest = {**manifest, "sha256": file_sha256(tmp)}  # the bytes that ship, not the run's file
     tmp.replace(rules_dir / f"{name}.pt")
     tmp = rules_dir / f"{name}.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -128,9 +174,9 @@ def ship_rule(name: str, state_dict: dict[str, torch.Tensor], manifest: dict[str
 def manifest_from_run(run_dir: str | Path, description: str, in_default_compare: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The meta-parameters and a rule manifest from a ``rulegym train`` run folder
     (``config.json``, ``meta_params.pt``, ``summary.json``). A size-bound agent's manifest
-    records the x_dim and n_classes its parameters were trained for."""
-    import hashlib
-
+    records the x_dim and n_classes its parameters were trained for. ``training.sha256`` is the
+    hash of the run's ``meta_params.pt``; :func:`ship_rule` adds the top-level ``sha256`` of the
+    file it ships."""
     from rulegym.agents import make_agent
     from rulegym.learners.config import config_from_dict
     from rulegym.learners.tasks import TaskMixture
@@ -155,7 +201,7 @@ def manifest_from_run(run_dir: str | Path, description: str, in_default_compare:
             "config": config.to_dict(),
             "iterations": config.iterations,
             "meta_params": sum(v.numel() for v in state.values()),
-            "sha256": hashlib.sha256((run_dir / "meta_params.pt").read_bytes()).hexdigest(),
+            "sha256": file_sha256(run_dir / "meta_params.pt"),  # the run's file (ship_rule hashes the shipped one)
             "summary": summary,
         },
     }

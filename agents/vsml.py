@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rulegym.agents.base import Agent, Obs, State, bound_logits, check_positive_int, check_positive_number
+from rulegym.agents.base import Agent, Obs, State, bound_logits, check_layer_sizes, check_positive_int, check_positive_number
 from rulegym.agents.registry import register_agent
 from rulegym.agents import vsml_kernels as kernels
 
@@ -84,7 +84,7 @@ class VSML(Agent):
     Args:
         x_dim, n_classes: network input and output sizes (any; the meta-parameters do not
             depend on them).
-        hidden: sizes of hidden layers, e.g. ``(32,)`` for 784->32->10. Default: one layer.
+        hidden: sizes of hidden layers, e.g. ``(32,)`` (or ``32``) for 784->32->10. Default: one layer.
         state_size: N, the sub-LSTM state size (16).
         msg_size: M, the size of forward and backward messages (8).
         ticks: sub-LSTM updates per input and pass (2).
@@ -157,7 +157,7 @@ class VSML(Agent):
         if self.msg_size < 2:
             raise ValueError(f"msg_size must be at least 2 (error and label share the backward message), got {msg_size}.")
         self.ticks = check_positive_int("ticks", ticks)
-        hidden = tuple(int(check_positive_int("hidden layer size", h)) for h in hidden)
+        hidden = check_layer_sizes("hidden", hidden)
         self.conv = bool(conv)
         if self.conv:
             if input_shape is None or len(input_shape) != 3 or math.prod(input_shape) != x_dim:
@@ -176,15 +176,17 @@ class VSML(Agent):
             self.positions = out_h * out_w
             self.patch = c_in * self.kernel_size**2
             # layer 0 is convolutional: one sub-LSTM per kernel weight (patch element, channel)
-            self.sizes = (self.patch, self.conv_channels * self.positions, *hidden, n_classes)
+            self.sizes = (self.patch, self.conv_channels * self.positions, *hidden, self.n_classes)
         else:
-            self.sizes = (x_dim, *hidden, n_classes)
+            self.sizes = (self.x_dim, *hidden, self.n_classes)
         self.n_layers = len(self.sizes) - 1
         self.backward_pass = bool(backward_pass)
         self.label_feed = bool(label_feed)
         self.per_layer = bool(per_layer)
         self.separate_backward = bool(separate_backward)
-        if clip_state is not None and not (clip_state > 0):
+        if clip_state is not None and not (
+            isinstance(clip_state, (int, float)) and not isinstance(clip_state, bool) and clip_state > 0
+        ):
             raise ValueError(f"clip_state must be positive or None, got {clip_state!r}.")
         self.clip_state = None if clip_state is None else float(clip_state)
         if not 0.0 <= init_cell_fraction <= 1.0:
@@ -220,6 +222,7 @@ class VSML(Agent):
 
     # ------------------------------------------------------------------ state
     def initial_state(self, batch_size: int, generator: torch.Generator | None = None) -> State:
+        batch_size = check_positive_int("batch_size", batch_size)
         p = self.cells[0].u
         n = self.state_size
         state: State = {}

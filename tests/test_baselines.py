@@ -275,6 +275,79 @@ def test_hebbian_options():
         make_agent("hebbian", 3, 2, post="output")
 
 
+# ------------------------------------------------------------------------------ option checks
+
+
+def test_one_int_hidden_is_one_hidden_layer():
+    for name, extra in (("vsml", {"state_size": 2, "msg_size": 2}), ("tanh_backprop", {})):
+        one = make_agent(name, 4, 3, hidden=32, **extra)
+        assert one.sizes == make_agent(name, 4, 3, hidden=(32,), **extra).sizes == (4, 32, 3)
+        assert make_agent(name, 4, 3, hidden=[5, 6], **extra).sizes == (4, 5, 6, 3)
+        for bad in (0, "32", (4, 2.5), (4, True), 1.5):
+            with pytest.raises(ValueError, match="hidden"):
+                make_agent(name, 4, 3, hidden=bad, **extra)
+
+
+@pytest.mark.parametrize("name", ["vsml", "tanh_backprop"])
+def test_initial_state_rejects_a_bad_batch_size(name):
+    agent = make_agent(name, 4, 3)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bad!r}"):
+            agent.initial_state(bad)
+    assert agent.initial_state(2)  # a good one still works
+
+
+def test_bad_numeric_options_get_clear_errors():
+    with pytest.raises(ValueError, match="weight_bound must be a positive number, got 0"):
+        make_agent("tanh_backprop", 4, 3, weight_bound=0.0)
+    with pytest.raises(ValueError, match="weight_bound must be a positive number, got -1"):
+        make_agent("tanh_backprop", 4, 3, weight_bound=-1.0)
+    for eps in (0.0, -1e-8, math.nan, math.inf):
+        with pytest.raises(ValueError, match="eps must be a positive number"):
+            make_agent("adam", 4, 3, eps=eps)
+    with pytest.raises(ValueError, match="betas must be a pair"):
+        make_agent("adam", 4, 3, betas=(0.9,))
+    for eta in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="eta_init must be a finite number"):
+            make_agent("hebbian", 4, 3, eta_init=eta)
+    assert float(make_agent("hebbian", 4, 3, eta_init=0.0).eta.detach()) == 0.0  # zero (no plasticity) is fine
+    with pytest.raises(ValueError, match=r"clip_state must be positive or None, got 'a'"):
+        make_agent("vsml", 4, 3, clip_state="a")
+    for name in ("meta_rnn", "sgd", "vsml"):
+        with pytest.raises(ValueError, match=r"x_dim must be an integer \(the number of input features\), got 2\.5"):
+            make_agent(name, 2.5, 3)
+        with pytest.raises(ValueError, match="n_classes must be an integer"):
+            make_agent(name, 4, 3.0)
+    import numpy as np
+
+    assert make_agent("meta_rnn", np.int64(4), 3, hidden=8).x_dim == 4  # NumPy integers are integers
+
+
+def test_tanh_backprop_step_sizes_per_layer():
+    """The step sizes backprop_net's docstring states: layer k's weights move lr * A_k * c_k times
+    their gradient of the summed loss, its biases lr * c_k, with c_k the product of A_j / B_j
+    over the layers above (A fan-in, B fan-out)."""
+    from rulegym.agents.backprop_net import layer_backward, layer_forward
+
+    sizes = (5, 3, 4, 2)
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(1, b, a, generator=g, dtype=torch.float64, requires_grad=True) for a, b in zip(sizes, sizes[1:])]
+    bs = [torch.randn(1, b, generator=g, dtype=torch.float64, requires_grad=True) for b in sizes[1:]]
+    a, inputs = torch.randn(1, sizes[0], generator=g, dtype=torch.float64), []
+    for w, b in zip(ws, bs):
+        inputs.append(a.detach())
+        a = layer_forward(a, w, b)
+    y = torch.tensor([1])
+    nn.functional.cross_entropy(a, y, reduction="sum").backward()
+    e = (a.softmax(-1) - nn.functional.one_hot(y, 2)).detach()
+    lr, c = 0.1, 1.0
+    for k in reversed(range(3)):
+        e, w_new, b_new = layer_backward(inputs[k], e, ws[k].detach(), bs[k].detach(), lr)
+        torch.testing.assert_close(ws[k].detach() - w_new, lr * sizes[k] * c * ws[k].grad)
+        torch.testing.assert_close(bs[k].detach() - b_new, lr * c * bs[k].grad)
+        c *= sizes[k] / sizes[k + 1]  # the hidden layers' weight steps are not lr * fan-in
+
+
 # ------------------------------------------------------------------------------ FWM
 
 

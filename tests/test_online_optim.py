@@ -117,6 +117,37 @@ def test_adam_state_counts_real_examples_only():
     assert state["step"].tolist() == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
+def test_no_label_step_changes_no_weights_or_optimizer_state(name, options):
+    """After a few labelled steps (non-zero momentum buffers and moments), a step on which no
+    label has arrived (y_prev and err_prev zero, e.g. right after reset_activations) must leave
+    that lifetime's weights and optimiser state exactly as they were -- as a torch.optim
+    optimiser that is not stepped -- while the other lifetimes of the batch do take their step."""
+    agent = make_agent(name, 6, 3, **options)
+    state = agent.initial_state(2, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    y = torch.zeros(2, 3)
+    err = torch.zeros(2, 3)
+    with torch.no_grad():
+        for t in range(4):
+            logits, state = agent.step({"x": torch.randn(2, 6, generator=g), "y_prev": y, "err_prev": err}, state)
+            y = F.one_hot(torch.tensor([t % 3, (t + 1) % 3]), 3).float()
+            err = torch.softmax(logits, -1) - y
+        # lifetime 0 has no label this step, lifetime 1 has one
+        y_mixed, err_mixed = y.clone(), err.clone()
+        y_mixed[0], err_mixed[0] = 0.0, 0.0
+        _, after = agent.step({"x": torch.randn(2, 6, generator=g), "y_prev": y_mixed, "err_prev": err_mixed}, state)
+    kept = [k for k, kind in agent.state_kinds.items() if kind == "weight"]
+    moments = [k for k in kept if k.startswith(("buf_", "m_", "v_"))]
+    if options.get("momentum") or name == "adam":
+        assert moments and all(float(state[k][0].abs().max()) > 0 for k in moments)  # not vacuous
+    for k in kept:
+        assert torch.equal(after[k][0], state[k][0]), f"{k} changed on a step without a label"
+    assert not torch.equal(after["w0"][1], state["w0"][1])  # the labelled lifetime learned
+    if name == "adam":
+        assert after["step"].tolist() == [3.0, 4.0]  # the first step of the lifetime had no label either
+
+
 def test_initial_weights_follow_nn_linear_init():
     agent = OnlineSGD(100, 10, hidden=50)
     state = agent.initial_state(8, torch.Generator().manual_seed(0))

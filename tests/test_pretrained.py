@@ -4,12 +4,14 @@ not fit."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 import torch
 
 from rulegym.agents import make_agent
+from rulegym.agents import pretrained
 from rulegym.agents.pretrained import PRETRAINED, load_pretrained, main as ship_main, manifest_from_run, ship_rule, size_free
 from rulegym.learners import BPTTConfig, meta_train
 from rulegym.train.cli import main as cli_main
@@ -36,6 +38,47 @@ def test_every_shipped_rule_loads_and_steps(name):
     # the manifest says how it was made
     assert info.description and "command" in info.meta["training"]
     assert (info.sizes is None) == size_free(info.agent, **info.options)
+    # ... and the manifest holds the hash of the shipped file (which load_pretrained checks)
+    assert info.meta["sha256"] == hashlib.sha256(info.path.read_bytes()).hexdigest()
+
+
+def test_load_pretrained_checks_the_shipped_files_hash(tmp_path, monkeypatch):
+    """ship_rule records the sha256 of the .pt it writes (not of the run's meta_params.pt);
+    load_pretrained refuses a parameters file that does not match it, naming the file and the
+    fix, and loads a manifest without the key (a rule shipped before it existed) unchecked."""
+    rules = tmp_path / "rules"
+    state = make_agent("sgd", 4, 3, lr=0.05).state_dict()
+    run_file = tmp_path / "meta_params.pt"
+    torch.save(state, run_file)
+    manifest = {"agent": "sgd", "description": "a test rule", "agent_options": {"hidden": 0}, "training": {"sha256": "run"}}
+    path = ship_rule("tiny", state, manifest, rules_dir=rules)
+    written = json.loads((rules / "tiny.json").read_text())
+    assert written["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert written["training"]["sha256"] == "run" and "sha256" not in manifest  # the caller's manifest untouched
+    monkeypatch.setattr(pretrained, "RULES_DIR", rules)
+    monkeypatch.setitem(PRETRAINED, "tiny", pretrained._discover()["tiny"])
+    assert float(load_pretrained("tiny", 4, 3).lr.detach()) == pytest.approx(0.05)
+    # the same tensors saved again by someone else: different bytes, refused
+    torch.save({k: v.clone() for k, v in state.items()}, path)
+    if hashlib.sha256(path.read_bytes()).hexdigest() == written["sha256"]:  # torch.save may be deterministic
+        torch.save({k: v + 1.0 for k, v in state.items()}, path)
+    with pytest.raises(ValueError, match=r"tiny\.pt has sha256 .*records .*Reinstall rulegym, or re-ship"):
+        load_pretrained("tiny", 4, 3)
+    # an older manifest without the key loads unchecked
+    del written["sha256"]
+    (rules / "tiny.json").write_text(json.dumps(written))
+    monkeypatch.setitem(PRETRAINED, "tiny", pretrained._discover()["tiny"])
+    assert PRETRAINED["tiny"].sha256 is None
+    load_pretrained("tiny", 4, 3)
+
+
+def test_overrides_that_change_meta_parameter_shapes_get_a_clear_error():
+    with pytest.raises(ValueError, match=r"'vsml_mnist' does not fit a vsml built with the options \{'state_size': 8\}.*shapes differ.*cells\.0\.u"):
+        load_pretrained("vsml_mnist", 64, 10, state_size=8)
+    with pytest.raises(ValueError, match=r"shapes differ.*'eta': \(\(\), \(84, 10\)\)"):
+        load_pretrained("hebbian_mnist", 64, 10, eta_per_connection=True)
+    # an override that keeps the shapes still works
+    assert load_pretrained("vsml_mnist", 64, 10, ticks=3).ticks == 3
 
 
 def test_size_bound_rules_name_their_sizes():
