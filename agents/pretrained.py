@@ -57,6 +57,19 @@ class PretrainedInfo:
         before it was recorded: such a rule loads unchecked)."""
         return self.meta.get("sha256")
 
+    def checked_path(self) -> Path:
+        """The parameters file, after checking it has the sha256 the manifest records (if any)."""
+        if self.sha256 is not None:
+            actual = file_sha256(self.path)
+            if actual != self.sha256:
+                raise ValueError(
+                    f"pretrained rule {self.name!r}: its parameters file {self.path} has sha256 {actual}, but its manifest "
+                    f"{self.path.with_suffix('.json')} records {self.sha256}; the file is corrupted or was replaced "
+                    "without re-shipping. Reinstall rulegym, or re-ship the rule with ship_rule / "
+                    "`python -m rulegym.agents.pretrained RUN_DIR NAME` (which records the hash of the file it writes)."
+                )
+        return self.path
+
 
 def file_sha256(path: Path) -> str:
     """The hex sha256 of a file's bytes."""
@@ -103,17 +116,8 @@ def load_pretrained(name: str, x_dim: int, n_classes: int, **options: Any):
             f"n_classes={info.sizes[1]} only, not x_dim={x_dim}, n_classes={n_classes}; give the task that many "
             "inputs and classes (e.g. resize=8 for 8x8 images), or use a size-free rule."
         )
-    if info.sha256 is not None:
-        actual = file_sha256(info.path)
-        if actual != info.sha256:
-            raise ValueError(
-                f"pretrained rule {name!r}: its parameters file {info.path} has sha256 {actual}, but its manifest "
-                f"{info.path.with_suffix('.json')} records {info.sha256}; the file is corrupted or was replaced "
-                "without re-shipping. Reinstall rulegym, or re-ship the rule with ship_rule / "
-                "`python -m rulegym.agents.pretrained RUN_DIR NAME` (which records the hash of the file it writes)."
-            )
     agent = make_agent(info.agent, x_dim, n_classes, **{**info.options, **options})
-    state = torch.load(info.path, map_location="cpu", weights_only=True)
+    state = torch.load(info.checked_path(), map_location="cpu", weights_only=True)
     own = agent.state_dict()
     changed = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape}
     if changed:

@@ -195,7 +195,7 @@ def initial_meta_params(config: LearnerConfig) -> dict[str, Tensor]:
     source = config.init
     if source in PRETRAINED:
         info = PRETRAINED[source]
-        agent, options, newest, in_checkpoint = info.agent, dict(info.options), info.path, False
+        agent, options, newest, in_checkpoint = info.agent, dict(info.options), info.checked_path(), False
     else:
         folder = Path(source)
         in_checkpoint = (folder / ckpt.CHECKPOINT_NAME).is_file()

@@ -687,7 +687,7 @@ def initial_clone(config: CloningConfig, source: str) -> VSML:
     from rulegym.agents.pretrained import PRETRAINED
 
     if source in PRETRAINED:
-        path, options = PRETRAINED[source].path, dict(PRETRAINED[source].options)
+        path, options = PRETRAINED[source].checked_path(), dict(PRETRAINED[source].options)
     else:
         path, summary = Path(source) / "meta_params.pt", Path(source) / "cloning.json"
         options = json.loads(summary.read_text())["agent_options"] if summary.is_file() else None
