@@ -68,7 +68,13 @@ def test_native_vector_env_equals_sync_vector_env(env_id, request):
     obs_b, _ = sync.reset(seed=11)
     length = native.unwrapped.task.lifetime_length
     steps = 2 * length + 3  # crosses two autoresets
-    for t, action in enumerate(random_actions(native, steps)):
+    assert_same_steps(native, sync, obs_a, obs_b, random_actions(native, steps))
+
+
+def assert_same_steps(native, sync, obs_a, obs_b, actions) -> None:
+    """The two vector envs, from observations obs_a / obs_b, give the same observations, rewards,
+    flags and infos (values and dtypes) for every action batch."""
+    for t, action in enumerate(actions):
         for key in obs_a:
             np.testing.assert_array_equal(obs_a[key], obs_b[key], err_msg=f"{key} at step {t}")
         obs_a, rew_a, term_a, trunc_a, info_a = native.step(action)
@@ -80,7 +86,7 @@ def test_native_vector_env_equals_sync_vector_env(env_id, request):
         for key in info_a:
             np.testing.assert_array_equal(info_a[key], info_b[key], err_msg=f"info {key} at step {t}")
             assert info_a[key].dtype == info_b[key].dtype
-    assert term_a.dtype == np.bool_
+        assert term_a.dtype == np.bool_
 
 
 def test_partial_reset_equals_sync_vector_env():
@@ -100,13 +106,7 @@ def test_partial_reset_equals_sync_vector_env():
     obs_a, _ = native.reset(seed=100, options={"reset_mask": mask})
     obs_b, _ = sync.reset(seed=100, options={"reset_mask": mask})
     assert obs_a["y_prev"][1:].any()  # the rows that go on still show their last label
-    for t, action in enumerate(actions[2:]):  # crosses the lifetimes' ends and autoresets
-        for key in obs_a:
-            np.testing.assert_array_equal(obs_a[key], obs_b[key], err_msg=f"{key} at step {t}")
-        obs_a, rew_a, term_a, _, _ = native.step(action)
-        obs_b, rew_b, term_b, _, _ = sync.step(action)
-        np.testing.assert_array_equal(rew_a, rew_b)
-        np.testing.assert_array_equal(term_a, term_b)
+    assert_same_steps(native, sync, obs_a, obs_b, actions[2:])  # across the lifetimes' ends and autoresets
     with pytest.raises(ValueError, match="no True entry"):
         native.reset(options={"reset_mask": np.zeros(n, dtype=bool)})
 
