@@ -138,7 +138,9 @@ class OnlineVectorEnv(VectorEnv):
         zeros = np.zeros((self.num_envs, task.n_classes), np.float32)
         self._last_feedback = (zeros, zeros.copy())  # y_prev, err_prev last returned
 
-    def _seed(self, seed: int | Sequence[int | None] | None) -> None:
+    def _seed(self, seed: int | Sequence[int | None] | None, mask: np.ndarray) -> None:
+        """New generators for the rows where ``mask`` is True (an int seed s gives row i s + i);
+        the other rows keep theirs."""
         if isinstance(seed, (int, np.integer)):
             seed = [int(seed) + i for i in range(self.num_envs)]
         if seed is None:
@@ -149,8 +151,8 @@ class OnlineVectorEnv(VectorEnv):
             raise ValueError(f"got {len(seed)} seeds for {self.num_envs} envs; pass one int or one seed per env.")
         old = self._rngs
         self._rngs = [
-            seeding.np_random(s)[0] if s is not None else (old[i] if old is not None else seeding.np_random(None)[0])
-            for i, s in enumerate(seed)
+            seeding.np_random(s)[0] if s is not None and reset else (old[i] if old is not None else seeding.np_random(None)[0])
+            for i, (s, reset) in enumerate(zip(seed, mask))
         ]
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
@@ -167,21 +169,15 @@ class OnlineVectorEnv(VectorEnv):
                 raise ValueError("options['reset_mask'] has no True entry: it must name at least one lifetime to reset.")
             if self._batch.inst is None:  # nothing has started yet: every lifetime starts
                 mask = np.ones(self.num_envs, dtype=bool)
-        if isinstance(seed, (int, np.integer)):
-            seed = [int(seed) + i for i in range(self.num_envs)]
-        if seed is not None and len(seed) == self.num_envs:
-            seed = [s if m else None for s, m in zip(seed, mask)]
-        self._seed(seed)
+        self._seed(seed, mask)
         rows = np.flatnonzero(mask)
         self._batch.reset_rows(rows, self._rngs)
         self._needs_reset[rows] = False
         x = self._batch.current()
-        y_prev, err_prev = self._last_feedback
-        y_prev, err_prev = y_prev.copy(), err_prev.copy()
+        y_prev, err_prev = self._last_feedback  # this env's own copies
         y_prev[rows] = 0.0
         err_prev[rows] = 0.0
-        self._last_feedback = (y_prev.copy(), err_prev.copy())
-        return {"x": x, "y_prev": y_prev, "err_prev": err_prev}, {}
+        return {"x": x, "y_prev": y_prev.copy(), "err_prev": err_prev.copy()}, {}
 
     def step(self, actions):
         if self._rngs is None or self._batch.inst is None:
