@@ -25,7 +25,6 @@ meta-training or of a learner's meta-test.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import sys
@@ -238,7 +237,9 @@ class CompareConfig:
 
     def params_sha256(self) -> dict[str, str]:
         """Agent label -> SHA-256 of its ``params`` file, for the agents that have one."""
-        return {a.label: hashlib.sha256(Path(a.params).read_bytes()).hexdigest() for a in self.agents if a.params}
+        from rulegym.agents.pretrained import file_sha256
+
+        return {a.label: file_sha256(Path(a.params)) for a in self.agents if a.params}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CompareConfig":
