@@ -128,6 +128,10 @@ class CloningConfig:
     deploy_lifetimes: int = 4
     deploy_steps: int = 300
     deploy_states: int = 16384
+    #: hidden layer sizes of the deployed networks (() : one layer). With hidden layers the
+    #: deployed states are drawn evenly over the layers, so a deep network's hidden layer, whose
+    #: errors arrive through the rule's own backward messages, is trained on as often as its output
+    deploy_hidden: tuple = ()
     state_size: int = 16
     msg_size: int = 8
     seed: int = 0
@@ -158,6 +162,8 @@ class CloningConfig:
             raise ValueError(f"fresh_fraction must lie in [0, 1], got {self.fresh_fraction!r}.")
         if self.state_size < 2:
             raise ValueError("state_size must be >= 2 (a weight and a bias slot).")
+        if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in self.deploy_hidden):
+            raise ValueError(f"deploy_hidden must be hidden layer sizes >= 1 (e.g. (32,)), got {self.deploy_hidden!r}.")
         if self.deploy_env is not None:
             from rulegym.envs import ENVS
 
@@ -450,8 +456,9 @@ def deployment_drift(agent: VSML, env, eta: float, steps: int, seed: int = 0, ev
 @torch.no_grad()
 def deployed_states(agent: VSML, options: dict, env, steps: int, count: int, generator: torch.Generator, seed: int) -> tuple[Tensor, Tensor]:
     """``count`` connection states (h, c) [count, N] the rule reaches learning online on ``env``
-    (a vector env; a one-layer VSML with ``options`` at the env's sizes and ``agent``'s
-    meta-parameters), drawn uniformly over its lifetimes' connections and ``steps`` steps."""
+    (a vector env; a VSML with ``options`` -- ``hidden`` layers included -- at the env's sizes and
+    ``agent``'s meta-parameters), drawn uniformly over its lifetimes' steps, evenly over its
+    layers and uniformly over each layer's connections."""
     from rulegym.train.loop import _to_torch
 
     obs, _ = env.reset(seed=seed)
@@ -461,16 +468,19 @@ def deployed_states(agent: VSML, options: dict, env, steps: int, count: int, gen
     rule.load_state_dict(agent.state_dict())
     state = rule.initial_state(lifetimes, generator=generator)
     when = torch.randint(1, steps + 1, (count,), generator=generator)
+    # (a one-layer rule draws no layers, so its draws, and the rules made with it, stay as they were)
+    layer = torch.randint(rule.n_layers, (count,), generator=generator) if rule.n_layers > 1 else torch.zeros(count, dtype=torch.long)
     picked_h, picked_c = [], []
     for t in range(1, steps + 1):
         logits, state = rule.step(_to_torch(obs, torch.device("cpu")), state)
         obs, *_ = env.step(logits.numpy())
-        k = int((when == t).sum())
-        if k:
-            h, c = _flat_state(state["h0"]), _flat_state(state["c0"])
-            idx = torch.randint(h.shape[0], (k,), generator=generator)
-            picked_h.append(h[idx])
-            picked_c.append(c[idx])
+        for k in range(rule.n_layers):
+            n = int(((when == t) & (layer == k)).sum())
+            if n:
+                h, c = _flat_state(state[f"h{k}"]), _flat_state(state[f"c{k}"])
+                idx = torch.randint(h.shape[0], (n,), generator=generator)
+                picked_h.append(h[idx])
+                picked_c.append(c[idx])
     return torch.cat(picked_h), torch.cat(picked_c)
 
 
@@ -542,7 +552,8 @@ def train_cloning(config: CloningConfig, agent: VSML | None = None, log=None) ->
         for i in range(int(iters)):
             if deploy_env is not None and step % config.deploy_every == 0:
                 seed = config.seed * 2**20 + step // config.deploy_every
-                buffer.push(*deployed_states(agent, cloned_options(config), deploy_env, config.deploy_steps, config.deploy_states, g, seed))
+                options = {**cloned_options(config), "hidden": tuple(config.deploy_hidden)}
+                buffer.push(*deployed_states(agent, options, deploy_env, config.deploy_steps, config.deploy_states, g, seed))
             if stage == "shallow":
                 loss, parts = shallow_loss(agent, buffer, config, g)
             elif stage == "chain":
@@ -616,6 +627,14 @@ def plot_error_grid(agent: VSML, path: Path, xs: Tensor | None = None, ws: Tenso
     return {"mean_abs_error": err.mean().item(), "max_abs_error": err.max().item()}
 
 
+def _sizes(text: str, flag: str) -> tuple:
+    """Layer sizes from a command-line value like "32" or "32,16" ("" -> ())."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SystemExit(f"{flag} must be layer sizes like 32 or 32,16, got {text!r}.") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="run folder (meta-parameters, history, Figure 10)")
@@ -627,6 +646,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bound-updates", action="store_true", help="clip the target weights and biases to +-0.99 x the weight scale")
     parser.add_argument("--deploy-env", metavar="ENV_ID", help="also train on the states the rule reaches learning online on this env (e.g. rulegym/Digits-v0)")
     parser.add_argument("--deploy-every", type=int, default=CloningConfig.deploy_every, help="iterations between refills of deployed states")
+    parser.add_argument("--deploy-hidden", metavar="SIZES", default="", help="hidden layer sizes of the deployed networks, e.g. 32 (default: one layer)")
     parser.add_argument("--slot-weight", type=float, default=CloningConfig.slot_weight, help="loss weight of the spread of a state's weight slots (units of eta)")
     parser.add_argument("--init", metavar="RULE", help="start from this shipped cloned rule, or a run folder holding meta_params.pt")
     parser.add_argument("--eta", type=float, default=CloningConfig.eta)
@@ -646,7 +666,8 @@ def main(argv: list[str] | None = None) -> None:
     config = CloningConfig(iterations=iterations, eta=args.eta, lr=args.lr, minibatch=args.minibatch, seed=args.seed,
                            connections=args.connections, networks=args.networks, chain_length=args.chain_length, inputs=args.inputs,
                            weight_scale=args.weight_scale, train_weight_std=args.train_weight_std, bound_updates=args.bound_updates,
-                           deploy_env=args.deploy_env, deploy_every=args.deploy_every, slot_weight=args.slot_weight)
+                           deploy_env=args.deploy_env, deploy_every=args.deploy_every, slot_weight=args.slot_weight,
+                           deploy_hidden=_sizes(args.deploy_hidden, "--deploy-hidden"))
     try:
         config.check()
     except ValueError as err:

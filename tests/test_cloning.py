@@ -324,3 +324,32 @@ def test_deployed_states_come_from_a_rule_learning_on_a_real_stream(one_thread):
     rule = make_agent("vsml", 64, 10, **cloned_options(config))
     start = rule.initial_state(2, generator=torch.Generator().manual_seed(0))["c0"]
     assert not torch.isin(c, start).all()
+
+
+def test_deployed_states_of_a_deep_network_are_drawn_from_every_layer(one_thread):
+    import gymnasium as gym
+
+    from rulegym.train.loop import _to_torch
+
+    config = CloningConfig(iterations=(1, 0, 0, 0), deploy_hidden=(4,))
+    agent = make_cloned_vsml(config)
+    options = {**cloned_options(config), "hidden": config.deploy_hidden}
+    env = gym.make_vec("rulegym/Digits-v0", num_envs=2, lifetime_length=3)
+    h, c = deployed_states(agent, options, env, 1, 400, torch.Generator().manual_seed(0), seed=0)
+    assert h.shape == c.shape == (400, config.state_size)
+    # the same lifetimes' states after their first step, layer by layer
+    rule = make_agent("vsml", 64, 10, **options)
+    rule.load_state_dict(agent.state_dict())
+    state = rule.initial_state(2, generator=torch.Generator().manual_seed(0))
+    obs, _ = env.reset(seed=0)
+    with torch.no_grad():
+        _, state = rule.step(_to_torch(obs, torch.device("cpu")), state)
+    layers = [state[f"c{k}"].permute(0, 2, 3, 1).reshape(-1, config.state_size) for k in range(2)]
+    assert layers[0].shape[0] == 2 * 4 * 64 and layers[1].shape[0] == 2 * 10 * 4
+    # (equal up to float rounding: the two runs may take different kernels)
+    in_layer = torch.stack([(c[:, None] - layer[None]).abs().amax(dim=-1).amin(dim=1) < 1e-5 for layer in layers])  # [2, 400]
+    assert in_layer.any(dim=0).all()  # every state is one of the network's
+    hidden_share = in_layer[0].float().mean().item()
+    assert 0.35 < hidden_share < 0.65  # evenly over the layers, though the first has 6.4x the connections
+    with pytest.raises(ValueError, match="deploy_hidden"):
+        CloningConfig(deploy_hidden=(0,)).check()
