@@ -69,7 +69,10 @@ class ImageStreamTask(Task):
         if classes is None:
             pool_classes = np.arange(bank.n_classes)
         else:
-            pool_classes = np.asarray(list(classes), dtype=np.int64)
+            classes = list(classes)
+            if not all(isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) for c in classes):
+                raise ValueError(f"classes must list integer class indices, got {classes!r}.")
+            pool_classes = np.asarray(classes, dtype=np.int64)
             if pool_classes.ndim != 1 or pool_classes.size < 2 or len(set(pool_classes.tolist())) != pool_classes.size:
                 raise ValueError(f"classes must list at least two distinct class indices, got {classes!r}.")
             if pool_classes.min() < 0 or pool_classes.max() >= bank.n_classes:
@@ -78,7 +81,8 @@ class ImageStreamTask(Task):
         if empty:
             raise ValueError(f"classes {empty} have no examples in {dataset}/{split}; choose other classes.")
         self.pool_classes = pool_classes
-        if num_classes is not None and not (2 <= num_classes <= pool_classes.size):
+        if num_classes is not None and (not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, (bool, np.bool_))
+                                        or not 2 <= num_classes <= pool_classes.size):
             raise ValueError(f"num_classes must be between 2 and {pool_classes.size}, got {num_classes!r}.")
         self.num_classes = num_classes
         self.permute_labels = bool(permute_labels)

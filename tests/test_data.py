@@ -434,6 +434,10 @@ def test_download_via_file_url(iso, online, tmp_path, monkeypatch):
     np.testing.assert_array_equal(s.images, images)
     assert (iso / "mnist" / img.name).read_bytes() == img.read_bytes()
     assert sorted(p.name for p in (iso / "mnist").iterdir()) == sorted([img.name, lab.name])  # no temp files
+    # readable by the other users of a shared root, as a plain open() would make it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (iso / "mnist" / img.name).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_download_falls_back_to_next_url(iso, online, tmp_path, monkeypatch):
@@ -521,6 +525,10 @@ def test_emnist_members_extracted_from_verified_archive(iso, online, tmp_path, m
     for kind in ("test-images-idx3-ubyte.gz", "test-labels-idx1-ubyte.gz", "mapping.txt"):
         name = f"emnist-letters-{kind}"
         assert manifest[name]["sha256"] == sha256_of(iso / "emnist" / name)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (iso / "emnist").iterdir():  # extracted members and the manifest alike
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
     # a later run verifies the members through the manifest, with the archive gone and offline
     (iso / sources.EMNIST_ARCHIVE).unlink()
     monkeypatch.setenv("RULEGYM_OFFLINE", "1")
@@ -711,6 +719,47 @@ def test_omniglot_bad_png_and_bad_zip(iso, monkeypatch):
     with pytest.raises(CorruptDataError, match="not a valid PNG"):
         load_omniglot("background")
     zpath.write_bytes(b"PK not really a zip")
+    register(monkeypatch, "omniglot/images_background.zip", md5=md5_of(zpath))
+    with pytest.raises(CorruptDataError, match="zip"):
+        load_omniglot("background")
+
+
+def _patch_first_member(zpath, patch):
+    """Apply ``patch(data, local_header_offset, data_offset)`` to the bytes of zpath's first PNG."""
+    data = bytearray(zpath.read_bytes())
+    with zipfile.ZipFile(zpath) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(".png"))
+    off = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", data[off + 26:off + 30])
+    patch(data, off, off + 30 + name_len + extra_len, info)
+    zpath.write_bytes(bytes(data))
+
+
+def _broken_deflate(data, off, start, info):
+    data[start] = 0x07  # a deflate block of the reserved type 3
+
+
+def _unknown_method(data, off, start, info):
+    central = next(at for at in range(len(data) - 46) if data[at:at + 4] == b"PK\x01\x02"
+                   and struct.unpack("<I", data[at + 42:at + 46])[0] == off)
+    for at in (off + 8, central + 10):  # the member's method, in its local and central header
+        data[at:at + 2] = struct.pack("<H", 9)  # Deflate64, which zipfile cannot read
+
+
+@pytest.mark.parametrize("damage", [_broken_deflate, _unknown_method])
+def test_omniglot_zip_with_unreadable_member_is_corrupt_data(iso, monkeypatch, damage):
+    zpath = iso / "omniglot" / "images_background.zip"
+    _omniglot_zip(zpath)
+    content = digests.content_digest(zpath, sources.CONTENT_PNG_MEMBERS)
+    _patch_first_member(zpath, damage)
+    # a re-packed copy is verified by its content, which reads every member ...
+    register(monkeypatch, "omniglot/images_background.zip", md5="0" * 32,
+             content_kind=sources.CONTENT_PNG_MEMBERS, content_sha256=(content,))
+    with pytest.raises(CorruptDataError, match="zip"):
+        load_omniglot("background")
+    # ... and one that matches its checksum is read when decoded
+    decoded_cache.clear_memo()
+    digests.clear_digest_memo()
     register(monkeypatch, "omniglot/images_background.zip", md5=md5_of(zpath))
     with pytest.raises(CorruptDataError, match="zip"):
         load_omniglot("background")

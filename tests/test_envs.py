@@ -268,6 +268,14 @@ def test_image_options():
         make_task("image", dataset="digits", num_classes=11)
     with pytest.raises(ValueError, match="classes"):
         make_task("image", dataset="digits", classes=[3, 3])
+    # non-integers are refused by name, not truncated to other classes or failing at reset
+    for bad in ([0.5, 1.7], [0, 1, float("nan")], [True, False]):
+        with pytest.raises(ValueError, match="classes must list integer"):
+            make_task("image", dataset="digits", classes=bad)
+    for bad in (2.5, True):
+        with pytest.raises(ValueError, match="num_classes"):
+            make_task("image", dataset="digits", num_classes=bad)
+    assert make_task("image", dataset="digits", classes=np.array([3, 7]), num_classes=np.int64(2)).n_classes == 2
     with pytest.raises(ValueError, match="normalize"):
         make_task("image", dataset="digits", normalize="zscore")
     with pytest.raises(TypeError, match="valid options"):

@@ -27,6 +27,7 @@ import pathlib
 import struct
 import threading
 import zipfile
+import zlib
 from collections.abc import Iterable
 
 from .errors import ChecksumError, CorruptDataError
@@ -75,6 +76,12 @@ def hash_file(path: str | os.PathLike[str], algorithms: Iterable[str] = ("sha256
     return {a: known[a] for a in wanted}
 
 
+#: what reading a damaged zip can raise: a broken deflate stream (zlib.error), a compression
+#: method Python cannot read (NotImplementedError, e.g. Deflate64), an encrypted member
+#: (RuntimeError), besides zipfile's own errors
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError, ValueError)
+
+
 def _png_members_digest(path: pathlib.Path, label: str) -> str:
     """sha256 over the zip's ``.png`` members sorted by name.
 
@@ -96,7 +103,7 @@ def _png_members_digest(path: pathlib.Path, label: str) -> str:
                 h.update(name)
                 h.update(struct.pack(">Q", len(data)))
                 h.update(data)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+    except ZIP_READ_ERRORS as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         raise CorruptDataError(

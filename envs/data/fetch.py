@@ -95,6 +95,7 @@ def _record_in_manifest(folder: pathlib.Path, name: str, entry: dict) -> None:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(payload, fh, indent=1)
+            _make_readable(tmp)
             os.replace(tmp, _manifest_path(folder))
         except BaseException:
             _unlink_quietly(pathlib.Path(tmp))
@@ -102,6 +103,15 @@ def _record_in_manifest(folder: pathlib.Path, name: str, entry: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ downloads
+
+def _make_readable(path: str | os.PathLike[str]) -> None:
+    """Give a temp file the mode a plain ``open`` would (0666 less the umask): ``mkstemp`` makes
+    it 0600, and ``os.replace`` keeps that, so other users of a shared data root could not read
+    what one of them downloaded."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
 
 def _unlink_quietly(path: pathlib.Path) -> None:
     try:
@@ -116,6 +126,7 @@ def _make_temp(dest: pathlib.Path, source: Source, root: pathlib.Path) -> pathli
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         os.close(fd)
+        _make_readable(tmp)
         return pathlib.Path(tmp)
     except OSError as exc:
         raise _missing(source, dest, root,

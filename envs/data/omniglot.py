@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .decoded_cache import cached_arrays, memoised
+from .digests import ZIP_READ_ERRORS
 from .errors import CorruptDataError
 from .fetch import ensure_file
 
@@ -106,7 +107,9 @@ def decode_pngs(path: pathlib.Path, members: list[str], label: str) -> np.ndarra
                     raise CorruptDataError(
                         f"{label}: {name} is not a valid PNG ({exc}) at {path}. {_FIX}", path=path) from exc
                 out[i] = ink
-    except (zipfile.BadZipFile, EOFError) as exc:
+    except ZIP_READ_ERRORS as exc:
+        if isinstance(exc, (CorruptDataError, FileNotFoundError)):
+            raise
         raise CorruptDataError(f"{label}: not a readable zip archive ({exc}) at {path}. {_FIX}", path=path) from exc
     out *= 255
     return out
