@@ -14,7 +14,7 @@ from rulegym.agents.registry import AGENTS, make_agent, register_agent
 
 # importing the agent modules registers them by name
 # (sb3_adapter imports stable-baselines3 only when used, so registering it is cheap)
-from rulegym.agents import backprop_net, fwm, hebbian, meta_rnn, online_optim, sb3_adapter, vsml, vsn  # noqa: F401  (isort: skip)
+from rulegym.agents import backprop_net, class_means, fwm, hebbian, meta_rnn, online_optim, sb3_adapter, vsml, vsn  # noqa: F401  (isort: skip)
 
 __all__ = [
     "AGENTS",

@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from rulegym.agents.base import Agent, Obs, State, bound_logits, check_layer_sizes, check_positive_int, check_positive_number
+from rulegym.agents.base import Agent, Obs, State, bound_logits, check_layer_sizes, check_positive_int, check_positive_number, check_flag
 from rulegym.agents.registry import register_agent
 
 
@@ -93,7 +93,7 @@ class TanhBackprop(Agent):
         self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
         self.init_weight_std = float(init_weight_std)
         self.weight_bound = check_positive_number("weight_bound", weight_bound)
-        self.bound_updates = bool(bound_updates)
+        self.bound_updates = check_flag("bound_updates", bound_updates)
         self.logit_scale = check_positive_number("logit_scale", logit_scale)
         self.state_kinds = {}
         for k in range(self.n_layers):

@@ -50,7 +50,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rulegym.agents.base import Agent, Obs, State
+from rulegym.agents.base import Agent, Obs, State, check_flag
 from rulegym.agents.base import bound_logits, check_positive_int
 from rulegym.agents.registry import register_agent
 
@@ -104,8 +104,8 @@ class HebbianFastWeights(Agent):
             raise ValueError(f"post must be one of {POSTS}, got {post!r}.")
         if isinstance(eta_init, bool) or not isinstance(eta_init, (int, float)) or not math.isfinite(eta_init):
             raise ValueError(f"eta_init must be a finite number (the initial trace rate, e.g. 0.01), got {eta_init!r}.")
-        self.rule, self.post, self.clip = rule, post, bool(clip)
-        self.eta_per_connection = bool(eta_per_connection)
+        self.rule, self.post, self.clip = rule, post, check_flag("clip", clip)
+        self.eta_per_connection = check_flag("eta_per_connection", eta_per_connection)
         self.in_dim = self.x_dim + 2 * self.n_classes
         d, c = self.in_dim, self.n_classes
         self.w = nn.Parameter(0.01 * torch.randn(d, c))

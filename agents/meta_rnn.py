@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rulegym.agents.base import Agent, Obs, State, bound_logits, check_positive_int
+from rulegym.agents.base import Agent, Obs, State, bound_logits, check_positive_int, check_flag
 from rulegym.agents.registry import register_agent
 
 def lstm_cell(cell: nn.LSTMCell, u: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,7 +60,7 @@ class MetaRNN(Agent):
         super().__init__(x_dim, n_classes)
         self.hidden = check_positive_int("hidden", hidden)
         self.ticks = check_positive_int("ticks", ticks)
-        self.learn_init = bool(learn_init)
+        self.learn_init = check_flag("learn_init", learn_init)
         self.in_dim = self.x_dim + 2 * self.n_classes
         self.cell = nn.LSTMCell(self.in_dim, self.hidden)
         self.readout = nn.Linear(self.hidden, self.n_classes)

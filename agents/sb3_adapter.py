@@ -40,6 +40,7 @@ from torch import Tensor
 
 from rulegym.agents.base import Agent, Obs, State
 from rulegym.agents.registry import register_agent
+from rulegym.envs.protocol import LOGIT_BOUND
 
 __all__ = [
     "ALGORITHMS",
@@ -142,17 +143,22 @@ class RescaleLogits(gym.ActionWrapper):
 
     def __init__(self, env: gym.Env, logit_scale: float = 10.0):
         super().__init__(env)
-        if not (np.isfinite(logit_scale) and logit_scale > 0):
-            raise ValueError(f"logit_scale must be positive and finite, got {logit_scale!r}.")
-        bound = float(env.action_space.high.max())
-        if logit_scale > bound:
-            raise ValueError(f"logit_scale={logit_scale} exceeds the env's logit bound {bound}.")
-        self.logit_scale = float(logit_scale)
+        self.logit_scale = check_logit_scale(logit_scale, float(env.action_space.high.max()))
         n = env.action_space.shape[0]
         self.action_space = spaces.Box(-1.0, 1.0, shape=(n,), dtype=np.float32)
 
     def action(self, action):
         return (self.logit_scale * np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)).astype(np.float32)
+
+
+def check_logit_scale(logit_scale: object, bound: float = LOGIT_BOUND) -> float:
+    """``logit_scale`` as a float: finite, positive and at most the env's logit bound (a larger one
+    would send logits outside the env's action box)."""
+    if isinstance(logit_scale, bool) or not (isinstance(logit_scale, (int, float, np.number)) and np.isfinite(logit_scale) and logit_scale > 0):
+        raise ValueError(f"logit_scale must be positive and finite, got {logit_scale!r}.")
+    if logit_scale > bound:
+        raise ValueError(f"logit_scale={logit_scale} exceeds the env's logit bound {bound}.")
+    return float(logit_scale)
 
 
 def make_sb3_env(env_id: str, *, logit_scale: float = 10.0, **env_options: Any) -> gym.Env:
@@ -189,7 +195,7 @@ class SB3Agent(Agent):
         object.__setattr__(self, "_policy", policy)
         object.__setattr__(self, "_model", model)
         policy.set_training_mode(False)
-        self.logit_scale = float(logit_scale)
+        self.logit_scale = check_logit_scale(logit_scale)
         self.recurrent = hasattr(policy, "lstm_hidden_state_shape")
         self.state_kinds = {"lstm_h": "activation", "lstm_c": "activation"} if self.recurrent else {}
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rulegym.agents.base import Agent, Obs, State, bound_logits, check_layer_sizes, check_positive_int, check_positive_number
+from rulegym.agents.base import Agent, Obs, State, bound_logits, check_layer_sizes, check_positive_int, check_positive_number, check_flag
 from rulegym.agents.registry import register_agent
 from rulegym.agents import vsml_kernels as kernels
 
@@ -158,7 +158,7 @@ class VSML(Agent):
             raise ValueError(f"msg_size must be at least 2 (error and label share the backward message), got {msg_size}.")
         self.ticks = check_positive_int("ticks", ticks)
         hidden = check_layer_sizes("hidden", hidden)
-        self.conv = bool(conv)
+        self.conv = check_flag("conv", conv)
         if self.conv:
             if input_shape is None or len(input_shape) != 3 or math.prod(input_shape) != x_dim:
                 raise ValueError(
@@ -180,10 +180,10 @@ class VSML(Agent):
         else:
             self.sizes = (self.x_dim, *hidden, self.n_classes)
         self.n_layers = len(self.sizes) - 1
-        self.backward_pass = bool(backward_pass)
-        self.label_feed = bool(label_feed)
-        self.per_layer = bool(per_layer)
-        self.separate_backward = bool(separate_backward)
+        self.backward_pass = check_flag("backward_pass", backward_pass)
+        self.label_feed = check_flag("label_feed", label_feed)
+        self.per_layer = check_flag("per_layer", per_layer)
+        self.separate_backward = check_flag("separate_backward", separate_backward)
         if clip_state is not None and not (
             isinstance(clip_state, (int, float)) and not isinstance(clip_state, bool) and clip_state > 0
         ):
@@ -192,7 +192,7 @@ class VSML(Agent):
         if not 0.0 <= init_cell_fraction <= 1.0:
             raise ValueError(f"init_cell_fraction must lie in [0, 1], got {init_cell_fraction!r}.")
         self.n_init = int(round(init_cell_fraction * self.state_size))
-        self.freeze_forward = bool(freeze_forward)
+        self.freeze_forward = check_flag("freeze_forward", freeze_forward)
         if init_weight_std is not None and not (init_weight_std >= 0 and math.isfinite(init_weight_std)):
             raise ValueError(f"init_weight_std must be a finite number >= 0 or None, got {init_weight_std!r}.")
         if not (weight_scale > 0 and math.isfinite(weight_scale)):

@@ -83,7 +83,9 @@ class BufferPool:
         """An uninitialised CPU tensor of this shape, in a recycled buffer where one is idle."""
         if self._use_count is None:
             return torch.empty(shape, dtype=dtype)
-        key = (tuple(shape), dtype)
+        # tensors made under inference_mode are inference tensors, and so would be every later
+        # view of them: such buffers serve inference_mode calls only
+        key = (tuple(shape), dtype, torch.is_inference_mode_enabled())
         with self._lock:
             bases = self._bases.setdefault(key, [])
             for base in bases:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -62,9 +63,10 @@ def _reset_peak_rss() -> bool:
 
 
 def _rounded(value):
-    """Floats to 4 significant digits, recursively, for a readable report."""
+    """Floats to 4 significant digits, recursively, for a readable report; NaN and inf (e.g. the
+    accuracy of steps that score nothing) become null, so the report stays valid JSON."""
     if isinstance(value, float):
-        return float(f"{value:.4g}")
+        return float(f"{value:.4g}") if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -97,7 +99,12 @@ def _measure(conn, agent_name: str, env_id: str, env_opts: dict, lifetimes: int,
         if device.type == "cpu" and limit > 0:
             used = _status_kb("VmData") * 1024
             resource.setrlimit(resource.RLIMIT_DATA, (used + limit, resource.RLIM_INFINITY))
-        env = gym.make_vec(env_id, num_envs=lifetimes, lifetime_length=steps, **env_opts)
+        from rulegym.envs.registration import task_options
+
+        # an episodic task (Omniglot) sets its own lifetime length: run at most one of its lifetimes
+        takes_length = "lifetime_length" in task_options(env_id)
+        env = gym.make_vec(env_id, num_envs=lifetimes, **({"lifetime_length": steps} if takes_length else {}), **env_opts)
+        steps = min(steps, env.task.lifetime_length)
         if agent_name == "env_only":
             n_classes = env_dims(env)[1]
             zeros = np.zeros((lifetimes, n_classes), np.float32)
@@ -132,11 +139,11 @@ def _measure(conn, agent_name: str, env_id: str, env_opts: dict, lifetimes: int,
         per_step = (time.perf_counter() - t0) / warm  # an overestimate: it includes first calls
         if args.budget_s > 0 and per_step * steps > args.budget_s:
             # a slow agent gets a shorter lifetime (reported) rather than stalling the benchmark
-            steps = max(5, min(steps, int(args.budget_s / per_step)))
+            steps = min(steps, max(5, int(args.budget_s / per_step)))
         mem_per_step = (_status_kb("VmHWM") - rss_warm) * 1024 / warm
         if device.type == "cpu" and limit > 0 and mem_per_step * steps > 0.7 * limit:
             # BPTT memory grows with the lifetime: shorten it to fit the cap instead of failing
-            steps = max(5, min(steps, int(0.7 * limit / max(mem_per_step, 1.0))))
+            steps = min(steps, max(5, int(0.7 * limit / max(mem_per_step, 1.0))))
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
             }
         report["agents"][name] = entry
         print(f"[benchmark] {name} done", file=sys.stderr, flush=True)
-    print(json.dumps(_rounded(report), indent=2))
+    print(json.dumps(_rounded(report), indent=2, allow_nan=False))
     return report
 
 

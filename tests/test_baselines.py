@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rulegym.agents import make_agent, population_step, reset_activations, stack_params
+from rulegym.agents.base import bound_logits
 from rulegym.agents.fwm import fwm_lookup, fwm_write
 from rulegym.agents.hebbian import HebbianFastWeights
 from rulegym.agents.meta_rnn import MetaRNN
@@ -35,6 +36,7 @@ VARIANTS = [
     ("hebbian_corrected_per_conn", "hebbian", {"post": "corrected", "eta_per_connection": True, "eta_init": 0.3}),
     ("fwm", "fwm", {"hidden": 8, "fw_size": 4, "n_reads": 2}),
     ("fwm_l2", "fwm", {"hidden": 8, "fw_size": 4, "n_reads": 1, "key_norm": "l2"}),
+    ("class_means", "class_means", {"temperature": 0.5}),
 ]
 VARIANT_IDS = [v[0] for v in VARIANTS]
 
@@ -321,6 +323,14 @@ def test_bad_numeric_options_get_clear_errors():
     import numpy as np
 
     assert make_agent("meta_rnn", np.int64(4), 3, hidden=8).x_dim == 4  # NumPy integers are integers
+    # yes/no options: a string such as "no" is an error, not True
+    for name, option in (("hebbian", "clip"), ("hebbian", "eta_per_connection"), ("meta_rnn", "learn_init"),
+                         ("tanh_backprop", "bound_updates"), ("vsml", "backward_pass"), ("vsml", "freeze_forward")):
+        for bad in ("no", "false", 2, None):
+            with pytest.raises(ValueError, match=f"{option} must be true or false"):
+                make_agent(name, 4, 3, **{option: bad})
+    assert make_agent("hebbian", 4, 3, clip=np.bool_(False)).clip is False
+    assert make_agent("meta_rnn", 4, 3, hidden=8, learn_init=1).learn_init is True
 
 
 def test_tanh_backprop_step_sizes_per_layer():
@@ -346,6 +356,53 @@ def test_tanh_backprop_step_sizes_per_layer():
         torch.testing.assert_close(ws[k].detach() - w_new, lr * sizes[k] * c * ws[k].grad)
         torch.testing.assert_close(bs[k].detach() - b_new, lr * c * bs[k].grad)
         c *= sizes[k] / sizes[k + 1]  # the hidden layers' weight steps are not lr * fan-in
+
+
+# ------------------------------------------------------------------------------ nearest class mean
+
+
+def test_class_means_by_hand():
+    agent = build("class_means", {"temperature": 0.5}, x_dim=2, n_classes=3)
+    state = agent.initial_state(1)
+    onehot = torch.eye(3)
+    no_label = torch.zeros(1, 3)
+    xs = torch.tensor([[[0.0, 0.0]], [[2.0, 0.0]], [[0.0, 4.0]], [[1.0, 1.0]]])
+    labels = [0, 0, 2]  # of the first three inputs; the fourth is only predicted
+    logits = []
+    for t, x in enumerate(xs):
+        y = no_label if t == 0 else onehot[labels[t - 1]][None]
+        out, state = agent.step({"x": x, "y_prev": y, "err_prev": torch.zeros(1, 3)}, state)
+        logits.append(out[0])
+    assert torch.equal(logits[0], torch.zeros(3))  # nothing seen yet
+    # after x0 (class 0): mu_0 = (0, 0); x1 = (2, 0) -> -mean((2, 0)^2) / 0.5 = -4; class 1, 2 unseen -> the floor
+    torch.testing.assert_close(logits[1], bound_logits(torch.tensor([-4.0, -4.0, -4.0])))
+    # at the last step: mu_0 = (1, 0), mu_2 = (0, 4); x3 = (1, 1): d_0 = 0.5, d_2 = 5 -> logits -1, -10, class 1 at the floor -10
+    torch.testing.assert_close(logits[3], bound_logits(torch.tensor([-1.0, -10.0, -10.0])))  # (softly bounded)
+    assert state["counts"].tolist() == [[2.0, 0.0, 1.0]]
+    # a step without a label adds nothing (e.g. after learning to remember's reset of activations)
+    _, after = agent.step({"x": xs[0], "y_prev": no_label, "err_prev": torch.zeros(1, 3)}, state)
+    assert torch.equal(after["sums"], state["sums"]) and torch.equal(after["counts"], state["counts"])
+    with pytest.raises(ValueError, match="temperature"):
+        build("class_means", {"temperature": 0.0})
+
+
+def test_class_means_predicts_the_nearest_mean_on_a_stream():
+    """Its predictions equal a plain per-lifetime nearest-class-mean computed from the whole past."""
+    batch, steps = 4, 30
+    xs, ys = random_stream(batch, steps, x_dim=6, n_classes=3, seed=1)
+    agent = build("class_means", {}, x_dim=6, n_classes=3)
+    state = agent.initial_state(batch)
+    y_prev = torch.zeros(batch, 3)
+    for t in range(steps):
+        logits, state = agent.step({"x": xs[:, t], "y_prev": y_prev, "err_prev": torch.zeros(batch, 3)}, state)
+        for i in range(batch):
+            past_x, past_y = xs[i, :t], ys[i, :t]
+            seen = [c for c in range(3) if (past_y == c).any()]
+            if len(seen) < 2:
+                continue
+            dist = {c: ((xs[i, t] - past_x[past_y == c].mean(0)) ** 2).sum().item() for c in seen}
+            assert logits[i].argmax().item() == min(dist, key=dist.get)
+        y_prev = nn.functional.one_hot(ys[:, t], 3).float()
 
 
 # ------------------------------------------------------------------------------ FWM

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -79,6 +81,9 @@ def test_clear_errors():
         train_sb3(ENV_ID, 10, algo="dqn", env_options=OPTS)
     with pytest.raises(ValueError, match="logit_scale"):
         make_sb3_env(ENV_ID, logit_scale=1000.0, **OPTS)
+    for bad in (-10.0, 0.0, math.nan, 1e4, True):  # the agent checks it as the env wrapper does
+        with pytest.raises(ValueError, match="logit_scale"):
+            make_agent("sb3", 16, 2, logit_scale=bad)
     if not recurrent_available():
         with pytest.raises(ImportError, match="sb3-contrib"):
             make_agent("sb3", 16, 2, algo="recurrent_ppo")

@@ -110,6 +110,39 @@ def test_buffers_are_reused_only_when_nothing_references_them():
     assert small._bytes == 0 and x.shape == (4, 5)  # over the bound: not pooled
 
 
+def test_inference_mode_buffers_are_not_handed_to_ordinary_calls():
+    pool = vsml_native.BufferPool()
+    if pool._use_count is None:
+        pytest.skip("this torch exposes no storage reference count")
+    with torch.inference_mode():
+        a = pool.empty((3, 2))
+        ptr = a.data_ptr()
+    assert a.is_inference()
+    del a
+    b = pool.empty((3, 2))  # an ordinary tensor, which autograd may save
+    assert not b.is_inference() and b.data_ptr() != ptr
+    w = torch.ones(2, requires_grad=True)
+    (b.zero_() * w).sum().backward()
+    with torch.inference_mode():
+        assert pool.empty((3, 2)).data_ptr() == ptr  # still recycled within inference_mode
+
+
+def test_a_lifetime_run_under_inference_mode_leaves_later_states_differentiable():
+    agent = make_agent("vsml", 20, 4)
+    obs = {"x": torch.randn(2, 20), "y_prev": torch.zeros(2, 4), "err_prev": torch.zeros(2, 4)}
+    with torch.inference_mode():
+        state = agent.initial_state(2)
+        for _ in range(3):
+            _, state = agent.step(obs, state)
+    del state
+    with torch.no_grad():
+        _, state = agent.step(obs, agent.initial_state(2))  # e.g. a warm-up before BPTT
+    assert not state["h0"].is_inference()
+    logits, _ = agent.step(obs, state)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in agent.parameters() if p.requires_grad)
+
+
 def test_failed_build_falls_back_with_one_warning(monkeypatch, tmp_path):
     """No compiler: a warning naming the fix, then the torch path gives the same result."""
     monkeypatch.setattr(vsml_native, "_lib", None)
