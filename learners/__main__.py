@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from rulegym.envs.data.errors import DataError
+    from rulegym.learners.checkpoint import CheckpointError
     from rulegym.learners.run import CONFIG_NAME, meta_train
 
     try:
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = list(args.overrides) + (["progress=false"] if args.no_progress else [])
         config = config_from_dict(apply_overrides(data, overrides))
         _params, logs = meta_train(config, args.run_dir, resume=args.resume)
-    except (ConfigError, FileExistsError, TypeError, ValueError) as err:
+    except (ConfigError, CheckpointError, DataError, FileExistsError, TypeError, ValueError) as err:
         if int(os.environ.get("RANK", "0")) == 0:  # every rank raises the same error; say it once
             kind = "" if isinstance(err, ConfigError) else f"{type(err).__name__}: "
             print(f"rulegym.learners: {kind}{err}", file=sys.stderr)

@@ -26,6 +26,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (damaged, or of another format)."""
+
+
 def capture_rng() -> dict[str, Any]:
     """Every global RNG state as tensors and plain types."""
     np_state = np.random.get_state()
@@ -96,7 +100,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise RuntimeError(f"checkpoint {path} could not be read ({type(err).__name__}: {err}); it is damaged or not a rulegym checkpoint.") from err
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({type(err).__name__}: {err}); it is damaged or not a rulegym checkpoint. "
+            "Restore a copy of it, or move it away to start the run again from iteration 0."
+        ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise RuntimeError(f"checkpoint {path} has an unknown format (expected format {FORMAT_VERSION}).")
+        raise CheckpointError(
+            f"checkpoint {path} has an unknown format (expected format {FORMAT_VERSION}); it was written by another "
+            "version of rulegym or is not a rulegym checkpoint. Resume it with the version that wrote it, or use a new run folder."
+        )
     return payload

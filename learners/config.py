@@ -371,11 +371,20 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+#: the installed package's folder (the repository root of an editable install)
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A config dict from a .json or .toml file."""
+    """A config dict from a .json or .toml file. A relative path that is not found here is also
+    looked for in the installed package, so the shipped configs and presets the README names
+    (``train/presets/first100.toml``, ``learners/configs/random_demo.toml``) work from any folder."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist.")
+        shipped = PACKAGE_ROOT / path
+        if path.is_absolute() or not shipped.is_file():
+            raise ConfigError(f"config file {path} does not exist (`rulegym list` prints the shipped presets' full paths).")
+        path = shipped
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text())

@@ -9,7 +9,8 @@ Only the main rank logs. Scalars (tag groups in TensorBoard):
 * ``speed/lifetimes_per_s``, ``speed/iteration_s``
 
 The config is written as text and as TensorBoard hparams. A resumed run opens its writer with
-``purge_step`` so events logged after the checkpoint by the killed process are discarded.
+``purge_step`` so events logged after the checkpoint by the killed process are discarded (a run
+started again from iteration 0 discards every earlier event).
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
             from torch.utils.tensorboard.summary import hparams
 
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+            # events a killed process logged after the checkpoint (or, starting from iteration 0,
+            # any at all) are discarded, so a restarted run never shows a step twice
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else 0)
             text = json.dumps(dict(config), indent=2, sort_keys=True)
             self.writer.add_text("config", "```\n" + text + "\n```", global_step=start_step)
             flat = {k: _hparam_value(v) for k, v in config.items()}

@@ -323,3 +323,58 @@ def test_bools_are_not_integers():
             CompareConfig.from_dict({key: value})
     with pytest.raises(CompareConfigError, match="seeds"):
         load_compare_config(None, ["seeds=[true, 2]"])
+
+
+def test_a_bad_agent_option_writes_nothing_so_the_fix_can_reuse_the_folder(tmp_path, no_data, capsys):
+    out = tmp_path / "run"
+    base = ["compare", "--agents", "sgd", "--envs", "rulegym/SumSign-v0", "--out", str(out), *LEAN, *SMALL]
+    for bad in ("agents.0.options.lr=NaN", "agents.0.options.lrr=0.1"):
+        assert main([*base, "--set", bad]) == 2
+        assert "lr" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--set", "agents.0.options.lr=0.1"]) == 0
+
+
+def test_quick_applies_over_a_config_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('agents = ["sgd"]\nseeds = [0, 1, 2, 3]\nlifetimes = 32\nsteps = 100\n')
+    cfg = load_compare_config(path, ["lifetimes=4"], quick=True)
+    assert (cfg.seeds, cfg.lifetimes, cfg.steps) == ([0, 1], 4, 200)  # --quick's, then --set's
+
+
+def test_a_shipped_preset_path_works_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_compare_config("train/presets/first100.toml")
+    assert "class_means" in [a.name for a in cfg.agents]
+    with pytest.raises(CompareConfigError, match="rulegym list"):
+        load_compare_config("train/presets/no_such_preset.toml")
+
+
+def test_a_rerun_comparison_logs_each_step_once(tmp_path, no_data):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = ["compare", "--agents", "sgd", "--envs", "rulegym/SumSign-v0", "--out", str(out), *SMALL]
+    assert main(args) == 0
+    assert main(args) == 0  # the same command again: nothing to run, the outputs are written again
+    logdir = out / "tensorboard" / "sgd"
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("online_accuracy/SumSign")]
+    assert len(steps) == len(set(steps)) == 40
+
+
+def test_report_refuses_ks_below_one(tmp_path, capsys):
+    run = _write_run(tmp_path / "run", steps=5)
+    for ks in (["0"], ["-5", "3"]):
+        assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--ks", *ks]) == 2
+        assert "ks must be" in capsys.readouterr().err and not (tmp_path / "rep").exists()
+
+
+def test_a_missing_data_file_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RULEGYM_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("RULEGYM_OFFLINE", "1")
+    monkeypatch.setenv("RULEGYM_CACHE", str(tmp_path / "cache"))
+    assert main(["compare", "--agents", "sgd", "--envs", "rulegym/MNIST-v0", "--out", str(tmp_path / "run"), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rulegym compare: ") and "Traceback" not in err and "RULEGYM_DATA" in err

@@ -43,6 +43,12 @@ def test_bad_arguments_are_named(tmp_path):
         main(["--agents", "sgd", "--params", "vsml=missing.pt", "--env", "rulegym/Digits-v0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="key=value"):
         main(["--agents", "sgd", "--env", "rulegym/Digits-v0", "--set", "oops", "--out", str(tmp_path)])
+    # an item without '=' was dropped, so the untrained agent ran; a missing file was accepted with it
+    for params in (["vsml:rules/vsml_mnist.pt"], ["vsml", "missing.pt"], ["vsml=missing.pt"]):
+        with pytest.raises(SystemExit) as info:
+            main(["--agents", "vsml", "--params", *params, "--env", "rulegym/Digits-v0", "--out", str(tmp_path / "bad")])
+        assert info.value.code == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_fig8_training_sets():
@@ -75,11 +81,36 @@ def test_fig8_grid_runs_and_resumes(tmp_path):
     assert params.stat().st_mtime_ns == stamp
     with Image.open(tmp_path / "heatmap_vsml.png") as im:
         im.verify()
+    # more iterations continue a finished rule; fewer than a rule has are refused, writing nothing
+    more = [*args[:3], "--iterations", "2", *args[5:], "--sets", "Random"]
+    random_rule = tmp_path / "rules" / "vsml" / "Random"
+    assert vsml_fig8.main(more) == 0
+    assert vsml_fig8.trained_iterations(random_rule) == 2 and vsml_fig8.trained_iterations(tmp_path / "rules" / "vsml" / "MNIST") == 1
+    grid = (tmp_path / "grid.csv").read_bytes()
+    with pytest.raises(SystemExit):
+        vsml_fig8.main([*args, "--sets", "Random"])
+    assert (tmp_path / "grid.csv").read_bytes() == grid
     # --sets restricts the training sets (processes can split a grid); unknown names are refused
-    assert vsml_fig8.main([*args, "--sets", "Random"]) == 0
-    assert {r["train"] for r in csv.DictReader(open(tmp_path / "grid.csv")) if r["agent"] == "vsml"} == {"Random"}
+    assert vsml_fig8.main([*args, "--sets", "MNIST"]) == 0
+    assert {r["train"] for r in csv.DictReader(open(tmp_path / "grid.csv")) if r["agent"] == "vsml"} == {"MNIST"}
     with pytest.raises(SystemExit):
         vsml_fig8.main([*args, "--sets", "no Nothing"])
+
+
+def test_fig8_meta_tests_on_lifetimes_no_meta_training_draws(monkeypatch, tmp_path):
+    from rulegym.learners.tasks import compare_seed_base, train_seed_base
+    from rulegym.train.experiments import vsml_fig8
+
+    seeds = []
+    monkeypatch.setattr(vsml_fig8, "meta_test", lambda *a: seeds.append(a[-1]) or (0.5, 0.1))
+    monkeypatch.setattr(vsml_fig8, "meta_train_rule", lambda *a: None)
+    monkeypatch.setattr(vsml_fig8, "write_outputs", lambda rows, out: None)
+    assert vsml_fig8.main(["--quick", "--out", str(tmp_path), "--seed", "3", "--threads", "1"]) == 0
+    assert set(seeds) == {compare_seed_base(3)}
+    # seed s's training lifetimes are train_seed_base(s) + their position, below train_seed_base(s + 1):
+    # the test lifetimes lie above those of every seed < 2**20 (a fixed 10,000 + seed, as before, met
+    # seed 0's training lifetimes at iteration 1,250)
+    assert compare_seed_base(3) >= train_seed_base(2**20)
 
 
 def test_fig8_interval_is_the_t_interval_over_test_lifetimes(monkeypatch):

@@ -407,6 +407,30 @@ def test_run_folder_and_tensorboard(tmp_path):
     assert summary["peak_rss_mb"] > 0 and summary["lifetimes_per_s"] > 0
 
 
+def test_a_run_started_again_from_iteration_0_logs_each_step_once(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = bptt(iterations=3, checkpoint_every=0)
+    meta_train(cfg, tmp_path)
+    for name in ("checkpoint.pt", "meta_params.pt"):  # as if killed before its first checkpoint
+        (tmp_path / name).unlink()
+    meta_train(cfg, tmp_path, resume=True)  # no checkpoint: from iteration 0, in the same folder
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("meta/loss")] == [1, 2, 3]
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_the_fix(tmp_path, capsys):
+    from rulegym.learners.__main__ import main as learners_main
+
+    cfg = bptt(iterations=2, checkpoint_every=1, tensorboard=False)
+    meta_train(cfg, tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes((tmp_path / "checkpoint.pt").read_bytes()[:1000])
+    assert learners_main(["--run-dir", str(tmp_path), "--resume", "--set", "iterations=3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "could not be read" in err and "move it away" in err and "Traceback" not in err
+
+
 def test_eval_tasks_of_other_sizes(tmp_path):
     """Size-independent meta-parameters (VSML) are meta-tested on larger inputs; others get a clear error."""
     bigger = {"env_id": "rulegym/Random-v0", "options": {"x_shape": 10, "n_images": 3, "n_classes": 4, "lifetime_length": 6}}

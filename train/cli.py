@@ -53,6 +53,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from rulegym.envs.data.errors import DataError
     from rulegym.train.compare import CompareConfigError, load_compare_config, run_compare
     from rulegym.train.results import markdown_table
 
@@ -71,7 +72,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cfg = load_compare_config(args.config, overrides, quick=args.quick)
         out = Path(args.out) if args.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
         rows = run_compare(cfg, out, progress=not args.no_progress)
-    except (CompareConfigError, ValueError, TypeError) as err:
+    except (CompareConfigError, DataError, ValueError, TypeError) as err:  # (a missing data file: its message names the fix)
         print(f"rulegym compare: {err}", file=sys.stderr)
         return 2
     print(markdown_table(rows))

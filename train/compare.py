@@ -268,8 +268,8 @@ def load_compare_config(path: str | Path | None, overrides: Sequence[str] = (), 
 
     try:
         data = read_config_file(path) if path is not None else {}
-        if quick:
-            data = {"seeds": [0, 1], "lifetimes": 8, "steps": 200, **data}
+        if quick:  # over the file's values (a preset, quickly); --set still refines them
+            data = {**data, "seeds": [0, 1], "lifetimes": 8, "steps": 200}
         data = apply_overrides(data, overrides)
     except ConfigError as err:
         raise CompareConfigError(str(err)) from err
@@ -327,6 +327,11 @@ def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> lis
     for agent_label, env_label in skipped:
         print(f"rulegym compare: skipping {agent_label} on {env_label}: its meta-parameters fit other input/output sizes "
               f"than the env's {dims[env_label][:2]}.", file=sys.stderr)
+    # every agent is built once before anything is written: a bad option or params file is an
+    # error that leaves no folder behind, so the corrected command can use the same --out
+    for agent_spec in cfg.agents:
+        fitting = next(e.label for e in cfg.envs if (agent_spec.label, e.label) not in skipped)
+        agent_spec.build(*dims[fitting][:2])
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
     new = cfg.folder_dict()

@@ -321,6 +321,10 @@ def write_tensorboard(cells: list[Cell], logdir: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     for agent in _ordered(c.agent for c in cells):
+        # written whole from the cells each time: earlier event files (a resumed or re-run
+        # comparison) would show every step twice
+        for old in (logdir / _safe(agent)).glob("events.out.tfevents.*"):
+            old.unlink()
         writer = SummaryWriter(log_dir=str(logdir / _safe(agent)))
         for env in _ordered(c.env for c in cells):
             group = [c for c in cells if c.agent == agent and c.env == env]
@@ -337,6 +341,9 @@ def write_tensorboard(cells: list[Cell], logdir: Path) -> None:
 
 def report(run_dirs: Sequence[Path], out_dir: Path, ks: Sequence[int] = (10, 100), heatmap_metric: str | None = None) -> list[dict[str, Any]]:
     """Tables and figures from one or more run folders, merged."""
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or k < 1]
+    if bad:
+        raise ValueError(f"ks must be step counts >= 1 (accuracy at and over the first k examples), got {list(ks)}.")
     cells = load_runs(run_dirs)
     if not cells:
         raise ValueError(f"no finished cells in {', '.join(map(str, run_dirs))}.")

@@ -110,11 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     torch.set_num_threads(args.threads)
-    params = dict(item.split("=", 1) for item in args.params if "=" in item)
+    malformed = [item for item in args.params if "=" not in item]
+    if malformed:
+        parser.error(f"--params takes AGENT=PATH items (e.g. vsml=runs/vsml/meta_params.pt), got {malformed}")
+    params = dict(item.split("=", 1) for item in args.params)
     unknown = sorted(set(params) - set(args.agents))
     if unknown:
         parser.error(f"--params names agents that are not in --agents: {unknown}")
-    specs = [AgentSpec(name, params=params.get(name, "")) for name in args.agents]
+    try:
+        specs = [AgentSpec(name, params=params.get(name, "")) for name in args.agents]
+    except ValueError as err:  # e.g. a params file that does not exist
+        parser.error(str(err))
     results = introspect(specs, args.env, parse_options(args.set), args.steps, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "introspection")

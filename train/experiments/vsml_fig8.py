@@ -75,13 +75,29 @@ def _task(name: str, split: str, length: int) -> dict:
     return {"env_id": env_id, "options": options}
 
 
+def trained_iterations(run_dir: Path) -> int | None:
+    """How many iterations the finished rule in ``run_dir`` was meta-trained for (None: none there)."""
+    from rulegym.learners.run import CONFIG_NAME
+
+    if not (run_dir / "meta_params.pt").is_file():
+        return None
+    return json.loads((run_dir / CONFIG_NAME).read_text()).get("iterations")
+
+
 def meta_train_rule(agent: str, datasets: list[str], run_dir: Path, iterations: int, batch: int, length: int, seed: int) -> Path:
-    """Meta-train ``agent`` on the mixture of ``datasets`` (reused when already done)."""
+    """Meta-train ``agent`` on the mixture of ``datasets``. A finished rule of as many iterations
+    is reused; one of fewer is continued to ``iterations`` (its checkpoint resumed); one of more
+    is an error (another ``--out`` keeps both)."""
     from rulegym.learners.run import meta_train
 
     params = run_dir / "meta_params.pt"
     if params.is_file():
-        return params
+        done = trained_iterations(run_dir)
+        if done == iterations:
+            return params
+        if not isinstance(done, int) or done > iterations:
+            raise ValueError(f"{run_dir} holds a rule meta-trained for {done} iterations, not {iterations}; "
+                             "use another --out folder, or --iterations " + str(done) + " to reuse it.")
     config = {
         "learner": "bptt", "agent": agent, "agent_options": AGENT_OPTIONS[agent],
         "tasks": [_task(name, "train", length) for name in datasets],
@@ -144,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from rulegym.learners.tasks import compare_seed_base
+
     torch.set_num_threads(args.threads)
     names = list(DATASETS)
     agents = args.agents or (["vsml", "meta_rnn"] if args.quick else list(LEARNED))
@@ -157,12 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         sets = {k: v for k, v in sets.items() if k in args.sets}
     iterations = args.iterations or (30 if args.quick else 600)
     length = 50 if args.quick else 100
+    longer = [f"{agent}/{train}: {done}" for agent in agents for train in sets
+              if (done := trained_iterations(args.out / "rules" / agent / train.replace(" ", "_"))) is not None and done > iterations]
+    if longer:  # before anything is written (a rule of fewer iterations is continued)
+        parser.error(f"{args.out} holds rules meta-trained for more than {iterations} iterations ({', '.join(longer)}); "
+                     "use another --out, or their --iterations to reuse them.")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "settings.json").write_text(json.dumps({"agents": agents, "training_sets": sets, "iterations": iterations,
                                                          "train_steps": length, "test_steps": args.test_steps,
                                                          "test_lifetimes": args.test_lifetimes, "seed": args.seed}, indent=2))
     rows = []
-    test_seed = 10_000 + args.seed
+    # the lifetimes `rulegym compare` draws for this seed: apart from every meta-training lifetime
+    # (those are seeded seed * 2**40 + their position, so a fixed offset would meet them once
+    # enough iterations have run)
+    test_seed = compare_seed_base(args.seed)
     for name, options in BASELINES.items():
         for test in names:
             acc, ci = meta_test(name, options, None, test, args.test_lifetimes, args.test_steps, test_seed)
