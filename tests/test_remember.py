@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -261,8 +263,11 @@ def test_fig1_findings_read_the_numbers():
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("RULEGYM_DATA"), reason="needs RULEGYM_DATA for the Wizard of Oz text")
-def test_fig1_micro_run_writes_tables_and_figure(tmp_path):
-    from rulegym.train.experiments.gregor_fig1 import Budget, report_fig1, run_fig1
+def test_fig1_micro_run_writes_tables_and_figure(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from rulegym.train.experiments import gregor_fig1
+    from rulegym.train.experiments.gregor_fig1 import Budget, plan, report_fig1, run_fig1
 
     b = Budget(name="micro", steps=20, num_envs=1, ops_h=("gated",), ops_w=("mlp", "gated"), grid_seeds=1, seeds=1,
                state_sizes=(2, 3), grid_state=2, neurons=2, op_hidden=4, embed_dim=2, neuron_scaling=(2,), lstm_sizes=(4,))
@@ -272,3 +277,22 @@ def test_fig1_micro_run_writes_tables_and_figure(tmp_path):
     assert len(res["findings"]) == 6
     assert "| 80 | LSTM 4 |" in (tmp_path / "summary.md").read_text()
     assert report_fig1(tmp_path) == res["findings"]  # tables and figure rebuild from runs.csv
+    # every run was written as it finished: an interrupted call resumes with the missing runs only
+    finished = sorted((tmp_path / "runs").glob("*.npz"))
+    assert len(finished) == len(plan(b))
+    def losses():  # runs.csv without the seconds each run took
+        with open(tmp_path / "runs.csv", newline="") as f:
+            return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+    before = losses()
+    finished[0].unlink()
+    stamps = {p.name: p.stat().st_mtime_ns for p in finished[1:]}
+    ran = []
+    real = gregor_fig1.run_job
+    monkeypatch.setattr(gregor_fig1, "run_job", lambda job, budget: ran.append(job) or real(job, budget))
+    again = run_fig1(tmp_path, b, workers=1, progress=False)
+    assert len(ran) == 1 and again["findings"] == res["findings"]
+    assert {p.name: p.stat().st_mtime_ns for p in finished[1:]} == stamps
+    assert losses() == before  # the rerun one included, in the same order
+    with pytest.raises(ValueError, match="another budget"):
+        run_fig1(tmp_path, replace(b, steps=40), workers=1, progress=False)

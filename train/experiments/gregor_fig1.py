@@ -12,7 +12,10 @@ laptop can afford and writes:
   paper's findings checked against the numbers;
 - ``fig1.png``: heat maps of the final loss over OP_h x OP_w, one per delay (Figure 1
   left/middle), and the final loss against the number of network parameters (Figure 1 right);
-- ``curves.npz``: every run's per-block curves.
+- ``curves.npz``: every run's per-block curves;
+- ``runs/``: each run's row and curves, written as soon as it finishes, so an interrupted call
+  loses only the runs under way and the same command again runs only the missing ones (a
+  folder of another budget is refused).
 
 "Loss" is the learning-to-remember objective: the mean of the current block's and the past
 snippet's prediction losses; *early* is its mean over the first 10% of the blocks and *final*
@@ -211,7 +214,30 @@ def run_job(job: Job, budget: Budget) -> dict[str, Any]:
         **{k: round(v, 4) for k, v in res.summary.items()},
         "seconds": round(res.seconds, 1),
     }
-    return {"row": row, "online": res.online_curve, "remember": res.remember_curve}
+    return {"job": job, "row": row, "online": res.online_curve, "remember": res.remember_curve}
+
+
+def _run_file(job: Job) -> str:
+    """The file name of a finished run: its key, in characters safe in any file system."""
+    return "__".join(str(part) for part in job.key).replace("=", "").replace(" ", "_") + ".npz"
+
+
+def _save_run(path: Path, res: dict[str, Any]) -> None:
+    """Write one run's row and curves atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, job=json.dumps(asdict(res["job"])), row=json.dumps(res["row"]), online=res["online"], remember=res["remember"])
+    os.replace(tmp, path)
+
+
+def _load_run(path: Path) -> dict[str, Any]:
+    try:
+        with np.load(path) as z:
+            job = json.loads(str(z["job"]))
+            return {"job": Job(**{**job, "groups": tuple(job["groups"])}), "row": json.loads(str(z["row"])),
+                    "online": z["online"], "remember": z["remember"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"finished run {path} cannot be read ({err}); delete it to run it again.") from err
 
 
 def _worker_init() -> None:
@@ -480,10 +506,18 @@ def run_fig1(out_dir: str | os.PathLike, budget: str | Budget = "quick", *, work
 
     CharStreamTask(budget.split, lifetime_length=budget.steps)
     jobs = plan(budget)
-    (out / "config.json").write_text(json.dumps({"budget": asdict(budget), "jobs": [asdict(j) for j in jobs]}, indent=1))
+    config = json.loads(json.dumps({"budget": asdict(budget), "jobs": [asdict(j) for j in jobs]}))
+    config_path = out / "config.json"
+    if config_path.exists() and json.loads(config_path.read_text()) != config:
+        raise ValueError(f"{out} holds a Figure-1 run of another budget; use another output folder, or the same budget to resume it.")
+    config_path.write_text(json.dumps(config, indent=1))
     t0 = time.perf_counter()
-    results: list[dict] = []
-    args = [(j, budget) for j in jobs]
+    # each finished run is written at once (runs/<job>.npz), so an interrupted call loses only
+    # the runs under way, and the same call again runs only the missing ones
+    runs_dir = out / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    results: list[dict] = [_load_run(runs_dir / _run_file(j)) for j in jobs if (runs_dir / _run_file(j)).is_file()]
+    args = [(j, budget) for j in jobs if not (runs_dir / _run_file(j)).is_file()]
     if workers == 1:
         _worker_init()
         it: Iterable = map(_run_star, args)
@@ -492,7 +526,8 @@ def run_fig1(out_dir: str | os.PathLike, budget: str | Budget = "quick", *, work
         pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init)
         it = pool.imap_unordered(_run_star, args)
     try:
-        for k, res in enumerate(it, 1):
+        for k, res in enumerate(it, len(results) + 1):
+            _save_run(runs_dir / _run_file(res["job"]), res)
             results.append(res)
             if progress:
                 r = res["row"]
@@ -506,6 +541,8 @@ def run_fig1(out_dir: str | os.PathLike, budget: str | Budget = "quick", *, work
             pool.close()
             pool.join()
     seconds = time.perf_counter() - t0
+    order = {j.key: i for i, j in enumerate(jobs)}
+    results.sort(key=lambda r: order[r["job"].key])  # the plan's order, however the runs finished
     rows = [r["row"] for r in results]
     np.savez_compressed(
         out / "curves.npz",
@@ -560,7 +597,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick and args.budget not in (None, "quick"):
         ap.error("--quick and --budget disagree; give one of them.")
     out = args.out or f"runs/gregor_fig1_{name}"
-    res = run_fig1(out, name, workers=args.workers)
+    try:
+        res = run_fig1(out, name, workers=args.workers)
+    except ValueError as err:
+        ap.error(str(err))
     print((Path(out) / "summary.md").read_text())
     print(f"wrote {', '.join(res['paths'].values())}")
 
