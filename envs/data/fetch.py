@@ -108,9 +108,22 @@ def _make_readable(path: str | os.PathLike[str]) -> None:
     """Give a temp file the mode a plain ``open`` would (0666 less the umask): ``mkstemp`` makes
     it 0600, and ``os.replace`` keeps that, so other users of a shared data root could not read
     what one of them downloaded."""
-    umask = os.umask(0)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask: read where Linux shows it, since setting it to read it back (the
+    only portable way) would briefly change it for every thread."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    return umask
 
 
 def _unlink_quietly(path: pathlib.Path) -> None:
