@@ -66,8 +66,8 @@ class TanhBackprop(Agent):
         weight_bound: the clip of the initial weights (3.96: what a cloned VSML's state
             can hold, 0.99 times its weight scale 4).
         logit_scale: the logits are this times the last layer's output (the update rule is
-            unchanged, so it is gradient descent with the last layer's step divided by it);
-            the same weights then give larger logits.
+            unchanged, and the error passed down is the unscaled one, so it is gradient descent
+            with every layer's step divided by it); the same weights then give larger logits.
         bound_updates: also clip every updated weight and bias to +-weight_bound (projected
             gradient descent), so a lifetime's weights stay in the range a clone can hold.
     """

@@ -156,8 +156,9 @@ def size_free(agent: str, **options: Any) -> bool:
 def ship_rule(name: str, state_dict: dict[str, torch.Tensor], manifest: dict[str, Any], rules_dir: Path | None = None) -> Path:
     """Write a rule into the rules folder: ``NAME.pt`` (the state_dict) and ``NAME.json`` (the
     manifest: ``agent``, ``agent_options``, ``description``, ..., plus ``sha256``, the hash of
-    the ``NAME.pt`` written here, which :func:`load_pretrained` checks), each atomically. The
-    given manifest is not modified; a ``sha256`` in it is replaced."""
+    the ``NAME.pt`` written here, which :func:`load_pretrained` checks), each atomically, and
+    both written in full before either replaces the shipped one. The given manifest is not
+    modified; a ``sha256`` in it is replaced."""
     if not name.isidentifier():
         raise ValueError(f"a rule name must be an identifier (letters, digits, underscores), got {name!r}.")
     missing = {"agent", "description"} - set(manifest)
@@ -165,13 +166,18 @@ def ship_rule(name: str, state_dict: dict[str, torch.Tensor], manifest: dict[str
         raise ValueError(f"a rule manifest needs {sorted(missing)}.")
     rules_dir = RULES_DIR if rules_dir is None else Path(rules_dir)
     rules_dir.mkdir(parents=True, exist_ok=True)
-    tmp = rules_dir / f"{name}.pt.tmp"
-    torch.save(state_dict, tmp)
-    manifest = {**manifest, "sha256": file_sha256(tmp)}  # the bytes that ship, not the run's file
-    tmp.replace(rules_dir / f"{name}.pt")
-    tmp = rules_dir / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.replace(rules_dir / f"{name}.json")
+    # both files are written in full first and then moved into place one right after the other,
+    # so an interruption while writing leaves the rule shipped before intact
+    tmp_pt, tmp_json = rules_dir / f"{name}.pt.tmp", rules_dir / f"{name}.json.tmp"
+    try:
+        torch.save(state_dict, tmp_pt)
+        manifest = {**manifest, "sha256": file_sha256(tmp_pt)}  # the bytes that ship, not the run's file
+        tmp_json.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        tmp_pt.replace(rules_dir / f"{name}.pt")
+        tmp_json.replace(rules_dir / f"{name}.json")
+    finally:
+        for tmp in (tmp_pt, tmp_json):
+            tmp.unlink(missing_ok=True)
     return rules_dir / f"{name}.pt"
 
 

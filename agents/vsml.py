@@ -92,13 +92,15 @@ class VSML(Agent):
         label_feed: put the one-hot label next to the error in the last backward message.
         layer_norm: layer-normalise the messages a layer sends.
         separate_backward: a second set of sub-LSTM parameters for the backward pass ticks.
-        per_layer: separate meta-parameters for each layer (else one set shared by all).
+        per_layer: separate sub-LSTM and message meta-parameters for each layer (else one set
+            shared by all); the layer norm's parameters stay shared.
         clip_state: clip the cell state to +-clip_state after every tick (None: no clipping).
         forget_bias, input_bias: initial gate biases (+5 keeps memory, -5 keeps it closed).
         init_cell_fraction: fraction of each cell state drawn at the start of a lifetime from a
             normal truncated to +-2, scaled by 1/sqrt(fan-in); the rest starts at zero.
         freeze_forward: forward-pass ticks only produce messages: the state after a step is the
-            state its backward pass left, and forward ticks read no backward messages (zeros).
+            state its backward pass left, and forward ticks read no backward messages (zeros);
+            without ``backward_pass`` the state never changes (a fixed network).
             With ``backward_pass`` this is the setting of a VSML cloned from backprop
             (``rulegym.learners.cloning``): weights change only when an error arrives.
         init_weight_std: draw each connection's weight w ~ N(0, std^2) into the weight slots
@@ -184,6 +186,8 @@ class VSML(Agent):
         self.label_feed = check_flag("label_feed", label_feed)
         self.per_layer = check_flag("per_layer", per_layer)
         self.separate_backward = check_flag("separate_backward", separate_backward)
+        if self.separate_backward and not self.backward_pass:
+            raise ValueError("separate_backward needs backward_pass=True: its parameters serve the backward pass ticks only.")
         if clip_state is not None and not (
             isinstance(clip_state, (int, float)) and not isinstance(clip_state, bool) and clip_state > 0
         ):

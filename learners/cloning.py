@@ -46,6 +46,7 @@ manifest), loadable by name like every shipped rule.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -149,11 +150,15 @@ class CloningConfig:
                      "deploy_every", "deploy_lifetimes", "deploy_steps", "deploy_states"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        if len(self.deep_sizes) != 3 or any(int(s) < 1 for s in self.deep_sizes):
+        if len(self.deep_sizes) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.deep_sizes):
             raise ValueError(f"deep_sizes must be (inputs, hidden, outputs) >= 1, got {self.deep_sizes!r}.")
         fixed = sorted({"state_size", "msg_size", "weight_scale", "init_weight_std", *CLONED_OPTIONS} & set(self.agent_options))
         if fixed:
             raise ValueError(f"agent_options may not set {fixed}: they are config fields or fixed for cloning (see CLONED_OPTIONS).")
+        sizes = sorted({"x_dim", "n_classes", "hidden"} & set(self.agent_options))
+        if sizes:
+            raise ValueError(f"agent_options may not set {sizes}: a cloned rule runs at any sizes (deep_sizes and deploy_hidden "
+                             "set those of training).")
         if self.inputs not in INPUT_DISTRIBUTIONS:
             raise ValueError(f"inputs must be one of {INPUT_DISTRIBUTIONS}, got {self.inputs!r}.")
         if not (isinstance(self.slot_weight, (int, float)) and math.isfinite(self.slot_weight) and self.slot_weight >= 0):
@@ -164,11 +169,17 @@ class CloningConfig:
             raise ValueError("state_size must be >= 2 (a weight and a bias slot).")
         if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in self.deploy_hidden):
             raise ValueError(f"deploy_hidden must be hidden layer sizes >= 1 (e.g. (32,)), got {self.deploy_hidden!r}.")
+        if self.deploy_env is None and self.deploy_hidden:
+            raise ValueError("deploy_hidden sets the deployed networks' hidden layers: it needs a deploy_env.")
         if self.deploy_env is not None:
             from rulegym.envs import ENVS
+            from rulegym.envs.registration import task_options
 
             if self.deploy_env not in ENVS:
                 raise ValueError(f"deploy_env must be a registered env id ({', '.join(sorted(ENVS))}) or None, got {self.deploy_env!r}.")
+            if "lifetime_length" not in task_options(self.deploy_env):
+                raise ValueError(f"deploy_env {self.deploy_env!r} sets its own lifetime length (an episodic task); "
+                                 "deployment runs lifetimes of deploy_steps steps: pick a stream env such as rulegym/Digits-v0.")
         return self
 
 
@@ -183,8 +194,22 @@ def make_cloned_vsml(config: CloningConfig, x_dim: int = 2, n_classes: int = 2, 
     return make_agent("vsml", x_dim, n_classes, hidden=tuple(hidden), **cloned_options(config))
 
 
-def check_cloned(agent: VSML) -> None:
-    """The VSML settings cloning needs; a clear error otherwise."""
+def agent_options_differ(agent: VSML, options: dict) -> dict:
+    """The options in ``options`` that ``agent`` was built with other values of: option ->
+    (agent's, given). Options that only set initial meta-parameter values (forget_bias,
+    input_bias, init_cell_fraction) leave no trace in the agent and are not compared."""
+    built = {"layer_norm": agent.norm is not None, "separate_backward": agent.back_cells is not None}
+    differ = {}
+    for key, value in options.items():
+        have = built[key] if key in built else getattr(agent, key, value)
+        if have != value:
+            differ[key] = (have, value)
+    return differ
+
+
+def check_cloned(agent: VSML, config: CloningConfig | None = None) -> None:
+    """The VSML settings cloning needs, and (with ``config``) the options it trains and ships
+    with (:func:`cloned_options`); a clear error otherwise."""
     need = {"ticks": 1, "backward_pass": True, "freeze_forward": True, "per_layer": False, "conv": False}
     wrong = {k: getattr(agent, k) for k, v in need.items() if getattr(agent, k) != v}
     if wrong or agent.back_cells is None:
@@ -192,6 +217,14 @@ def check_cloned(agent: VSML) -> None:
             f"cloning needs a VSML with ticks=1, backward_pass, separate_backward, freeze_forward, shared "
             f"meta-parameters and dense layers; this one has {wrong or {'separate_backward': False}}."
         )
+    differ = {}
+    if config is not None:
+        # the options the config leaves at VSML's defaults count too (a clip_state the config does not set)
+        defaults = {k: p.default for k, p in inspect.signature(VSML.__init__).parameters.items() if k in ("clip_state", "layer_norm", "logit_scale")}
+        differ = agent_options_differ(agent, {**defaults, **cloned_options(config)})
+    if differ:
+        details = ", ".join(f"{k}: {a!r} in the agent, {b!r} in the config" for k, (a, b) in differ.items())
+        raise ValueError(f"the agent's VSML options are not the config's ({details}); the rule would be shipped with the config's.")
 
 
 # ---------------------------------------------------------------------------- one tick
@@ -510,8 +543,11 @@ def deep_loss(agent: VSML, buffer: StateBuffer, config: CloningConfig, g: torch.
     fwd_err = ((fwd1[..., 0] - t1["y"]) ** 2).mean() + ((fwd2[..., 0] - t2["y"]) ** 2).mean()
     bwd_err = ((bwd2[..., 0] - t2["delta"]) ** 2).mean()
     # per connection: the weight target, and the bias target of its output (each holds a copy)
-    upd_err = _update_error(c2n, t2["w_new"], b2c - eta * e[:, :, None], scale, eta, config.slot_weight)
-    upd_err = upd_err + _update_error(c1n, t1["w_new"], b1c - eta * t2["delta"][:, :, None], scale, eta, config.slot_weight)
+    b2_new, b1_new = b2c - eta * e[:, :, None], b1c - eta * t2["delta"][:, :, None]
+    if bound is not None:  # as backprop_targets clips the weights
+        b2_new, b1_new = b2_new.clamp(-bound, bound), b1_new.clamp(-bound, bound)
+    upd_err = _update_error(c2n, t2["w_new"], b2_new, scale, eta, config.slot_weight)
+    upd_err = upd_err + _update_error(c1n, t1["w_new"], b1_new, scale, eta, config.slot_weight)
     buffer.push(_flat_state(h1n), _flat_state(c1n))
     buffer.push(_flat_state(h2n), _flat_state(c2n))
     loss = fwd_err + bwd_err + config.update_weight * upd_err
@@ -528,7 +564,7 @@ def train_cloning(config: CloningConfig, agent: VSML | None = None, log=None) ->
     config.check()
     torch.manual_seed(config.seed)
     agent = agent if agent is not None else make_cloned_vsml(config)
-    check_cloned(agent)
+    check_cloned(agent, config)
     g = torch.Generator().manual_seed(config.seed)
     buffer = StateBuffer(config, g)
     params = [p for p in agent.parameters() if p.requires_grad]
@@ -680,6 +716,8 @@ def main(argv: list[str] | None = None) -> None:
     agent = None
     if args.init and args.ship == args.init:
         parser.error(f"--ship {args.ship!r} would overwrite the rule --init starts from; ship under another name.")
+    if args.ship is not None and not args.ship.isidentifier():
+        parser.error(f"--ship takes a rule name that is a Python identifier (e.g. my_clone), got {args.ship!r}.")
     if args.init:
         try:
             agent = initial_clone(config, args.init)
@@ -688,13 +726,16 @@ def main(argv: list[str] | None = None) -> None:
     agent, history = train_cloning(config, agent=agent, log=log)
     drift = [chain_drift(agent, config, steps) for steps in (100, 300)]
     log({"chain_drift": drift})
-    tmp = args.out / "meta_params.pt.tmp"
-    torch.save(agent.state_dict(), tmp)
-    tmp.replace(args.out / "meta_params.pt")
     grid = plot_error_grid(agent, args.out / "fig10_cloning_error")
     summary = {"config": asdict(config), "init": args.init, "agent_options": cloned_options(config),
                "history": history, "fig10": grid, "chain_drift": drift}
-    (args.out / "cloning.json").write_text(json.dumps(summary, indent=2))
+    # the summary (which --init reads the options from) first, then the parameters; each atomically
+    tmp = args.out / "cloning.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(args.out / "cloning.json")
+    tmp = args.out / "meta_params.pt.tmp"
+    torch.save(agent.state_dict(), tmp)
+    tmp.replace(args.out / "meta_params.pt")
     if args.ship:
         ship(agent, args.ship, config, grid, history, " ".join(["python -m rulegym.learners.cloning", *(argv or sys.argv[1:])]), drift, args.init)
     print(json.dumps({"done": True, "fig10": grid}))
@@ -711,15 +752,18 @@ def initial_clone(config: CloningConfig, source: str) -> VSML:
         path, options = PRETRAINED[source].checked_path(), dict(PRETRAINED[source].options)
     else:
         path, summary = Path(source) / "meta_params.pt", Path(source) / "cloning.json"
-        options = json.loads(summary.read_text())["agent_options"] if summary.is_file() else None
-    if not path.is_file():
-        raise FileNotFoundError(f"--init {source!r} is neither a shipped rule ({', '.join(sorted(PRETRAINED))}) nor a run folder with meta_params.pt.")
-    if options is not None:
-        wanted = cloned_options(config)
-        differ = {k: (options[k], wanted[k]) for k in wanted if k in options and options[k] != wanted[k]}
-        if differ:
-            details = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
-            raise ValueError(f"--init {source!r} was cloned with other VSML options ({details}); train with the same settings.")
+        if not path.is_file():
+            raise FileNotFoundError(f"--init {source!r} is neither a shipped rule ({', '.join(sorted(PRETRAINED))}) nor a run folder with meta_params.pt.")
+        try:
+            options = json.loads(summary.read_text())["agent_options"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"--init {source!r}: its cloning.json, which says what VSML options the rule was cloned with, "
+                             f"cannot be read ({type(err).__name__}: {err}); run that cloning again.") from None
+    wanted = cloned_options(config)
+    differ = {k: (options.get(k), wanted.get(k)) for k in sorted(set(options) | set(wanted)) if options.get(k) != wanted.get(k)}
+    if differ:
+        details = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+        raise ValueError(f"--init {source!r} was cloned with other VSML options ({details}); train with the same settings.")
     agent = make_cloned_vsml(config)
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:

@@ -323,6 +323,8 @@ def test_bad_numeric_options_get_clear_errors():
     import numpy as np
 
     assert make_agent("meta_rnn", np.int64(4), 3, hidden=8).x_dim == 4  # NumPy integers are integers
+    with pytest.raises(ValueError, match="separate_backward needs backward_pass"):
+        make_agent("vsml", 4, 3, separate_backward=True)  # its parameters would never be used
     # yes/no options: a string such as "no" is an error, not True
     for name, option in (("hebbian", "clip"), ("hebbian", "eta_per_connection"), ("meta_rnn", "learn_init"),
                          ("tanh_backprop", "bound_updates"), ("vsml", "backward_pass"), ("vsml", "freeze_forward")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -23,6 +24,7 @@ from rulegym.learners.cloning import (
     check_cloned,
     initial_clone,
     cloning_error_grid,
+    main,
     make_cloned_vsml,
     plot_error_grid,
     train_cloning,
@@ -189,7 +191,16 @@ def test_initial_clone_loads_a_shipped_rule_or_a_run_folder(tmp_path):
     for key, value in agent.state_dict().items():
         assert torch.equal(value, shipped[key]), key
     torch.save(agent.state_dict(), tmp_path / "meta_params.pt")
+    # a run folder says in cloning.json what options its rule was cloned with; without it (a run
+    # interrupted before writing it) nothing would check them
+    with pytest.raises(ValueError, match="cloning.json"):
+        initial_clone(config, str(tmp_path))
+    (tmp_path / "cloning.json").write_text(json.dumps({"agent_options": cloned_options(config)}))
     assert torch.equal(initial_clone(config, str(tmp_path)).cells[0].u, agent.cells[0].u)
+    # an option the config does not set (clip_state here) is compared too
+    (tmp_path / "cloning.json").write_text(json.dumps({"agent_options": {**cloned_options(config), "clip_state": 0.5}}))
+    with pytest.raises(ValueError, match="clip_state: 0.5 there, None here"):
+        initial_clone(config, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="neither a shipped rule"):
         initial_clone(config, str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="state_size"):
@@ -231,6 +242,19 @@ def test_bad_settings_raise_clear_errors():
         CloningConfig(slot_weight=-1.0).check()
     with pytest.raises(ValueError, match="freeze_forward"):
         check_cloned(make_agent("vsml", 3, 2))
+    # an agent built with other options than the config's would ship under the config's
+    config = CloningConfig()
+    check_cloned(make_cloned_vsml(config), config)
+    other = make_agent("vsml", 2, 2, hidden=(2,), **{**cloned_options(config), "weight_scale": 8.0, "clip_state": 0.5})
+    with pytest.raises(ValueError, match="clip_state: 0.5 in the agent, None in the config, weight_scale: 8.0 in the agent, 4.0"):
+        train_cloning(CloningConfig(iterations=(1, 0, 0, 0)), agent=other)
+    for bad, match in (({"agent_options": {"hidden": (3,)}}, "hidden"), ({"agent_options": {"x_dim": 5}}, "x_dim"),
+                       ({"deep_sizes": (2.5, 3, 2)}, "deep_sizes"), ({"deploy_hidden": (32,)}, "needs a deploy_env"),
+                       ({"deploy_env": "rulegym/Omniglot-v0"}, "episodic")):
+        with pytest.raises(ValueError, match=match):
+            CloningConfig(**bad).check()
+    with pytest.raises(SystemExit):  # before any training
+        main(["--out", "/nonexistent/never", "--ship", "bad-name"])
     with pytest.raises(ValueError, match="init_weight_std"):
         make_agent("vsml", 3, 2, init_weight_std=-1.0)
     assert CLONED_OPTIONS["ticks"] == 1
@@ -353,3 +377,22 @@ def test_deployed_states_of_a_deep_network_are_drawn_from_every_layer(one_thread
     assert 0.35 < hidden_share < 0.65  # evenly over the layers, though the first has 6.4x the connections
     with pytest.raises(ValueError, match="deploy_hidden"):
         CloningConfig(deploy_hidden=(0,)).check()
+
+
+def test_deep_stages_clip_the_bias_targets_as_the_weight_targets(monkeypatch):
+    from rulegym.learners import cloning
+
+    config = CloningConfig(bound_updates=True, train_weight_std=16.0, networks=8)
+    seen = []
+    real = cloning._update_error
+
+    def spy(c_new, w_target, b_target, *rest):
+        seen.append((w_target.abs().max().item(), b_target.abs().max().item()))
+        return real(c_new, w_target, b_target, *rest)
+
+    monkeypatch.setattr(cloning, "_update_error", spy)
+    g = torch.Generator().manual_seed(0)
+    cloning.deep_loss(make_cloned_vsml(config), StateBuffer(config, g), config, g, own=False)
+    bound = cloning.target_bound(config)
+    assert len(seen) == 2 and all(w <= bound + 1e-6 and b <= bound + 1e-6 for w, b in seen)
+    assert max(w for w, _ in seen) == pytest.approx(bound)  # the clip is reached: the states hold weights beyond it

@@ -121,6 +121,17 @@ def test_ship_a_train_run_folder(tmp_path):
     assert "x_dim" not in manifest_from_run(run_v, "tiny vsml")[1]
     with pytest.raises(ValueError, match="identifier"):
         ship_rule("bad name", state, manifest, rules_dir=rules)
+    # shipping again, interrupted while writing the manifest: the rule shipped before is intact
+    before = {p.name: p.read_bytes() for p in rules.iterdir()}
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(rules), "write_text", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            ship_rule("tiny_rnn", {k: v + 1 for k, v in state.items()}, manifest, rules_dir=rules)
+    assert {p.name: p.read_bytes() for p in rules.iterdir()} == before  # no temp files left either
     with pytest.raises(FileNotFoundError, match="no config.json"):
         manifest_from_run(tmp_path / "nowhere", "x")
     with pytest.raises(SystemExit):
