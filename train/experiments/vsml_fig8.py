@@ -11,10 +11,12 @@ Datasets (all with 64 inputs and 10 outputs, so one rule of any agent runs on al
 MNIST, Fashion-MNIST, KMNIST, EMNIST (digits) resized to 8x8, Random (64 inputs, 10 classes)
 and Sum Sign (64 inputs, labels 0/1 on 10 outputs). Meta-training reads the train split where
 the data root has one and the test split otherwise (KMNIST and EMNIST: test only); meta-testing
-reads the test splits, with lifetimes drawn from other seeds.
+reads the test splits, on the lifetimes ``rulegym compare`` draws for the seed, which no
+meta-training lifetime meets however long it runs.
 
 Writes into ``--out``: ``rules/<agent>/<train set>/`` (each meta-training run folder, with its
-meta-parameters; finished runs are reused, so an interrupted grid resumes), ``grid.csv`` (agent,
+meta-parameters; finished runs are reused, so an interrupted grid resumes, and a larger
+``--iterations`` continues them), ``grid.csv`` (agent,
 train set, test set, mean online accuracy over the lifetime and its 95% interval over test
 lifetimes), ``grid.md`` and one heat map per agent ``heatmap_<agent>.png``/``.svg``.
 
