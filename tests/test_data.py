@@ -467,7 +467,11 @@ def test_download_network_failure(iso, online, tmp_path, monkeypatch):
         load_image_dataset("mnist", "train")
     msg = str(info.value)
     assert "Downloading it failed" in msg and "absent.gz" in msg
-    assert not (iso / "mnist" / "train-images-idx3-ubyte.gz").exists()
+    assert not (iso / "mnist").exists()  # the folder it made for the file is gone with it
+    (iso / "mnist").mkdir()  # one that was there before stays, empty or not
+    with pytest.raises(MissingDataError):
+        load_image_dataset("mnist", "train")
+    assert (iso / "mnist").is_dir() and not list((iso / "mnist").iterdir())
 
 
 def test_download_into_unwritable_root(tmp_path, online, monkeypatch):

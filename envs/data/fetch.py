@@ -133,6 +133,25 @@ def _unlink_quietly(path: pathlib.Path) -> None:
         pass
 
 
+def _new_folders(folder: pathlib.Path) -> list[pathlib.Path]:
+    """The folders, innermost first, that making ``folder`` would create."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[pathlib.Path]) -> None:
+    """Remove the folders a failed fetch created (innermost first), as long as they are empty:
+    a fetch that wrote nothing leaves the data root as it found it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _make_temp(dest: pathlib.Path, source: Source, root: pathlib.Path) -> pathlib.Path:
     """A temp file next to ``dest`` (same file system, so ``os.replace`` is atomic)."""
     try:
@@ -169,6 +188,7 @@ def download_file(source: Source, dest: pathlib.Path, root: pathlib.Path) -> str
         raise _missing(source, dest, root, _offline_note())
     if not source.urls:
         raise _missing(source, dest, root, "It has no download URL.")
+    created = _new_folders(dest.parent)
     tmp = _make_temp(dest, source, root)
     failures: list[str] = []
     mismatch: ChecksumError | None = None
@@ -190,6 +210,8 @@ def download_file(source: Source, dest: pathlib.Path, root: pathlib.Path) -> str
             return tag
     finally:
         _unlink_quietly(tmp)
+        if not dest.exists():
+            _remove_if_empty(created)
     if mismatch is not None:
         raise ChecksumError(
             f"{source.dataset} file {source.filename}: the download did not match the published "
