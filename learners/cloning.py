@@ -683,6 +683,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deploy-env", metavar="ENV_ID", help="also train on the states the rule reaches learning online on this env (e.g. rulegym/Digits-v0)")
     parser.add_argument("--deploy-every", type=int, default=CloningConfig.deploy_every, help="iterations between refills of deployed states")
     parser.add_argument("--deploy-hidden", metavar="SIZES", default="", help="hidden layer sizes of the deployed networks, e.g. 32 (default: one layer)")
+    parser.add_argument("--deploy-steps", type=int, default=CloningConfig.deploy_steps, help="steps of each deployed lifetime (states are drawn over all of them)")
     parser.add_argument("--slot-weight", type=float, default=CloningConfig.slot_weight, help="loss weight of the spread of a state's weight slots (units of eta)")
     parser.add_argument("--init", metavar="RULE", help="start from this shipped cloned rule, or a run folder holding meta_params.pt")
     parser.add_argument("--eta", type=float, default=CloningConfig.eta)
@@ -703,7 +704,7 @@ def main(argv: list[str] | None = None) -> None:
                            connections=args.connections, networks=args.networks, chain_length=args.chain_length, inputs=args.inputs,
                            weight_scale=args.weight_scale, train_weight_std=args.train_weight_std, bound_updates=args.bound_updates,
                            deploy_env=args.deploy_env, deploy_every=args.deploy_every, slot_weight=args.slot_weight,
-                           deploy_hidden=_sizes(args.deploy_hidden, "--deploy-hidden"))
+                           deploy_hidden=_sizes(args.deploy_hidden, "--deploy-hidden"), deploy_steps=args.deploy_steps)
     try:
         config.check()
     except ValueError as err:
