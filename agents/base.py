@@ -22,11 +22,10 @@ import math
 import operator
 from typing import Callable, Literal, Mapping
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rulegym.envs.protocol import LOGIT_BOUND
+from rulegym.envs.protocol import LOGIT_BOUND, check_flag  # noqa: F401  (check_flag: agents' yes/no options)
 
 State = dict[str, Tensor]
 Obs = dict[str, Tensor]
@@ -148,14 +147,6 @@ def check_layer_sizes(name: str, value: object) -> tuple[int, ...]:
         if isinstance(h, bool) or not _is_integer(h) or operator.index(h) < 1:
             raise ValueError(f"{name}: a hidden layer size must be a positive integer, got {h!r} in {value!r}.")
     return tuple(operator.index(h) for h in sizes)
-
-
-def check_flag(name: str, value: object) -> bool:
-    """A yes/no option: True, False (or NumPy's), 0 or 1. Anything else -- a string such as
-    "no", which ``bool`` would read as True -- is a clear error."""
-    if isinstance(value, (bool, np.bool_)) or (_is_integer(value) and operator.index(value) in (0, 1)):
-        return bool(value)
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def check_positive_number(name: str, value: object) -> float:

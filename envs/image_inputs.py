@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rulegym.envs import data
+from rulegym.envs.protocol import check_flag
 
 NORMALISATIONS = ("standard", "unit")
 
@@ -139,8 +140,9 @@ class ImageInputs:
         if normalize not in NORMALISATIONS:
             raise ValueError(f"normalize must be one of {NORMALISATIONS}, got {normalize!r}.")
         self.bank = bank
-        self.permute_pixels = bool(permute_pixels)
-        self.random_projection = bool(random_projection)
+        self.permute_pixels = check_flag("permute_pixels", permute_pixels)
+        self.random_projection = check_flag("random_projection", random_projection)
+        flatten = check_flag("flatten", flatten)
         self.dim = bank.pixels.shape[1]
         if normalize == "standard":
             self.scale = np.float32(1.0 / (255.0 * bank.std))

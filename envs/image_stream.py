@@ -14,7 +14,7 @@ import numpy as np
 
 from rulegym.envs import data
 from rulegym.envs.image_inputs import ImageInputs, dataset_bank, parse_resize
-from rulegym.envs.protocol import Instance, Task, check_length
+from rulegym.envs.protocol import Instance, Task, check_flag, check_length
 
 DATASETS = ("mnist", "fashion_mnist", "kmnist", "emnist", "cifar10", "digits")
 
@@ -85,7 +85,7 @@ class ImageStreamTask(Task):
                                         or not 2 <= num_classes <= pool_classes.size):
             raise ValueError(f"num_classes must be between 2 and {pool_classes.size}, got {num_classes!r}.")
         self.num_classes = num_classes
-        self.permute_labels = bool(permute_labels)
+        self.permute_labels = check_flag("permute_labels", permute_labels)
         self.n_classes = int(num_classes if num_classes is not None else pool_classes.size)
         self._fixed_pool = np.concatenate([bank.by_class[c] for c in pool_classes])
         self._label_map = np.full(bank.n_classes, -1, dtype=np.int64)

@@ -16,7 +16,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from rulegym.envs.protocol import Task, action_space, check_logits, observation_space, one_hot, score
+from rulegym.envs.protocol import Task, action_space, check_logits, check_positive_count, observation_space, one_hot, score
 
 INFO_KEYS = ("label", "correct", "loss", "loss_mask")
 
@@ -121,12 +121,11 @@ class OnlineVectorEnv(VectorEnv):
     def __init__(self, task: Task, num_envs: int, max_episode_steps: int | None = None, render_mode: str | None = None):
         if render_mode is not None:
             raise ValueError(f"rulegym envs do not render (got render_mode={render_mode!r}); use render_mode=None.")
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}.")
-        if max_episode_steps is not None and max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps!r}.")
+        num_envs = check_positive_count("num_envs", num_envs)
+        if max_episode_steps is not None:
+            max_episode_steps = check_positive_count("max_episode_steps", max_episode_steps)
         self.task = task
-        self.num_envs = int(num_envs)
+        self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
         self.single_observation_space = observation_space(task)
         self.single_action_space = action_space(task)

@@ -61,11 +61,24 @@ class Task(ABC):
         return {"n_classes": self.n_classes, "x_shape": self.x_shape, "lifetime_length": self.lifetime_length}
 
 
+def check_flag(name: str, value: object) -> bool:
+    """A yes/no option: True, False (or NumPy's), 0 or 1. Anything else -- a string such as
+    "no", which ``bool`` would read as True -- is a clear error."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def check_positive_count(name: str, value: object) -> int:
+    """A count option (a size, a number of steps): an integer >= 1, not a bool or a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
 def check_length(lifetime_length: int) -> int:
     """Validate a lifetime length option."""
-    if isinstance(lifetime_length, bool) or not isinstance(lifetime_length, (int, np.integer)) or lifetime_length < 1:
-        raise ValueError(f"lifetime_length must be a positive integer, got {lifetime_length!r}.")
-    return int(lifetime_length)
+    return check_positive_count("lifetime_length", lifetime_length)
 
 
 def observation_space(task: Task) -> spaces.Dict:

@@ -14,14 +14,19 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from rulegym.envs import counter_rng
-from rulegym.envs.protocol import Instance, Task, check_length
+from rulegym.envs.protocol import Instance, Task, check_length, check_positive_count
 
 
 def _shape(x_shape: int | Sequence[int]) -> tuple[int, ...]:
-    shape = (int(x_shape),) if isinstance(x_shape, (int, np.integer)) else tuple(int(v) for v in x_shape)
-    if not shape or min(shape) < 1:
-        raise ValueError(f"x_shape must be a positive int or a tuple of positive ints, got {x_shape!r}.")
-    return shape
+    """A shape option: one positive int, or a sequence of them (not a string, a bool or floats)."""
+    bad = ValueError(f"x_shape must be a positive int or a tuple of positive ints, got {x_shape!r}.")
+    entries = [x_shape] if isinstance(x_shape, (int, np.integer)) else x_shape
+    if isinstance(x_shape, (str, bytes)) or not isinstance(entries, (list, tuple)) or not entries:
+        raise bad
+    try:
+        return tuple(check_positive_count("x_shape", v) for v in entries)
+    except ValueError:
+        raise bad from None
 
 
 class RandomTask(Task):

@@ -352,3 +352,23 @@ def test_sum_sign_pads_its_label_space():
     env.close()
     with pytest.raises(ValueError, match="n_classes"):
         gym.make("rulegym/SumSign-v0", n_classes=1)
+
+
+def test_options_are_refused_rather_than_reinterpreted():
+    # a shape: not a string ("784" was read as (7, 8, 4)), a bool or floats
+    for bad in ("784", (8.7,), True, [3.9, 2.2], (), (3, 0)):
+        for task in ("random", "sum_sign"):
+            with pytest.raises(ValueError, match="x_shape"):
+                make_task(task, x_shape=bad)
+    assert make_task("random", x_shape=np.int64(5)).x_shape == (5,) and make_task("sum_sign", x_shape=[2, 3]).x_shape == (2, 3)
+    # yes/no options: the string "no" meant yes
+    for option in ("permute_pixels", "random_projection", "flatten", "permute_labels"):
+        with pytest.raises(ValueError, match=f"{option} must be true or false"):
+            make_task("image", dataset="digits", **{option: "no"})
+    assert make_task("image", dataset="digits", flatten=False).x_shape == (1, 8, 8)
+    # counts of the vector env: 2.5 steps cut lifetimes at 3, True meant 1
+    for bad in (2.5, True, 0):
+        with pytest.raises(ValueError, match="max_episode_steps must be a positive integer"):
+            gym.make_vec("rulegym/SumSign-v0", num_envs=2, x_shape=2, max_episode_steps=bad)
+        with pytest.raises(ValueError, match="num_envs must be a positive integer"):
+            OnlineVectorEnv(make_task("sum_sign", x_shape=2), num_envs=bad)
