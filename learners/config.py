@@ -159,10 +159,12 @@ class LearnerConfig:
     progress: bool = True
 
     #: fields that may change when a run is resumed: they do not change what is computed, except
-    #: ``device``, which runs the same computation on other hardware (a GPU run continued on a
-    #: CPU, say), so floats differ in their last bits from a run that stayed on one device
+    #: ``device`` and ``num_threads``, which run the same computation on other hardware or with
+    #: another summation order (a GPU run continued on a CPU, say), so floats differ in their
+    #: last bits from a run that kept them; ``init`` is read only when a run starts (a resumed
+    #: run's meta-parameters come from its checkpoint), so its source may have moved
     RESUMABLE_CHANGES: ClassVar[frozenset[str]] = frozenset(
-        {"iterations", "num_threads", "eval_every", "eval_lifetimes", "checkpoint_every", "log_every", "tensorboard", "progress", "device"}
+        {"iterations", "num_threads", "eval_every", "eval_lifetimes", "checkpoint_every", "log_every", "tensorboard", "progress", "device", "init"}
     )
 
     def __post_init__(self) -> None:

@@ -154,7 +154,9 @@ def _meta_train(config: LearnerConfig, run_dir: Path, resume: bool, dist: DistCo
         raise status[1]
     payload = status[1]
 
-    learner = make_learner(config, dist, device)
+    # a resumed run's meta-parameters come from its checkpoint: its init source is not read
+    # again (it may have moved since, or changed)
+    learner = make_learner(config.replace(init=None) if payload is not None else config, dist, device)
     logs: list[dict[str, float]] = []
     if payload is not None:
         learner.load_state_dict(payload)

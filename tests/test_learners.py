@@ -386,6 +386,29 @@ def test_init_starts_from_a_run_folder_or_a_shipped_rule(tmp_path):
         bptt(init="")
 
 
+def test_a_run_started_from_init_resumes_without_its_source(tmp_path):
+    import shutil
+
+    base = bptt(iterations=2, tensorboard=False, checkpoint_every=2)
+    meta_train(base, tmp_path / "pre")
+    cfg = base.replace(init=str(tmp_path / "pre"), iterations=4)
+    straight, _ = meta_train(cfg, tmp_path / "straight")
+    meta_train(cfg.replace(iterations=2), tmp_path / "run")
+    shutil.move(tmp_path / "pre", tmp_path / "moved")  # the source is gone: the checkpoint holds all
+    resumed, _ = meta_train(cfg, tmp_path / "run", resume=True)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    # its new place may be named too (init is read only when a run starts)
+    meta_train(cfg.replace(init=str(tmp_path / "moved"), iterations=5), tmp_path / "run", resume=True)
+
+
+def test_init_options_match_as_json_reads_them(tmp_path):
+    """A source's options come back from its config.json with lists; the API may give tuples."""
+    vsml = {"agent": "vsml", "agent_options": {"hidden": (3,), "state_size": 4, "msg_size": 2}}
+    cfg = bptt(**vsml, iterations=1, tensorboard=False)
+    meta_train(cfg, tmp_path / "pre")
+    BPTTLearner(bptt(**vsml, init=str(tmp_path / "pre")))
+
+
 # ---------------------------------------------------------------------------- run folder, logging, CLI
 def test_run_folder_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
