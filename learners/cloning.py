@@ -668,7 +668,7 @@ def _sizes(text: str, flag: str) -> tuple:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise SystemExit(f"{flag} must be layer sizes like 32 or 32,16, got {text!r}.") from None
+        raise ValueError(f"{flag} must be layer sizes like 32 or 32,16, got {text!r}.") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -700,12 +700,12 @@ def main(argv: list[str] | None = None) -> None:
         iterations = tuple(int(v) for v in args.iterations.split(","))
     except ValueError:
         parser.error(f"--iterations must be {len(STAGES)} integers like 3000,0,1500,1500, got {args.iterations!r}")
-    config = CloningConfig(iterations=iterations, eta=args.eta, lr=args.lr, minibatch=args.minibatch, seed=args.seed,
-                           connections=args.connections, networks=args.networks, chain_length=args.chain_length, inputs=args.inputs,
-                           weight_scale=args.weight_scale, train_weight_std=args.train_weight_std, bound_updates=args.bound_updates,
-                           deploy_env=args.deploy_env, deploy_every=args.deploy_every, slot_weight=args.slot_weight,
-                           deploy_hidden=_sizes(args.deploy_hidden, "--deploy-hidden"), deploy_steps=args.deploy_steps)
     try:
+        config = CloningConfig(iterations=iterations, eta=args.eta, lr=args.lr, minibatch=args.minibatch, seed=args.seed,
+                               connections=args.connections, networks=args.networks, chain_length=args.chain_length, inputs=args.inputs,
+                               weight_scale=args.weight_scale, train_weight_std=args.train_weight_std, bound_updates=args.bound_updates,
+                               deploy_env=args.deploy_env, deploy_every=args.deploy_every, slot_weight=args.slot_weight,
+                               deploy_hidden=_sizes(args.deploy_hidden, "--deploy-hidden"), deploy_steps=args.deploy_steps)
         config.check()
     except ValueError as err:
         parser.error(str(err))
