@@ -151,8 +151,15 @@ def check_layer_sizes(name: str, value: object) -> tuple[int, ...]:
 
 def check_positive_number(name: str, value: object) -> float:
     """A clear error for a rate or scale option that is not a finite number > 0."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+def check_fraction(name: str, value: object) -> float:
+    """A decay-like option (momentum, Adam's betas): a number in [0, 1), not a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
     return float(value)
 
 

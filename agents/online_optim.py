@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rulegym.agents.base import Agent, Obs, State, check_positive_number
+from rulegym.agents.base import Agent, Obs, State, check_fraction, check_positive_number
 from rulegym.agents.registry import register_agent
 from rulegym.envs.protocol import LOGIT_BOUND
 
@@ -79,7 +79,7 @@ class OnlineOptimAgent(Agent):
         hidden = 0 if hidden is None else hidden
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
             raise ValueError(f"hidden must be a non-negative int (0 or None: linear model), got {hidden!r}.")
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}.")
         self.hidden = hidden
         self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
@@ -193,9 +193,7 @@ class OnlineSGD(OnlineOptimAgent):
     def __init__(
         self, x_dim: int, n_classes: int, *, hidden: int | None = 160, lr: float = 0.01, momentum: float = 0.0
     ):
-        if not (0.0 <= momentum < 1.0):
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}.")
-        self.momentum = float(momentum)
+        self.momentum = check_fraction("momentum", momentum)
         super().__init__(x_dim, n_classes, hidden=hidden, lr=lr)
 
     def _optimizer_entries(self) -> list[str]:
@@ -250,9 +248,7 @@ class OnlineAdam(OnlineOptimAgent):
     ):
         if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), e.g. (0.9, 0.999), got {betas!r}.")
-        b1, b2 = (float(b) for b in betas)
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"betas must lie in [0, 1), got {betas!r}.")
+        b1, b2 = (check_fraction("betas", b) for b in betas)
         self.betas, self.eps = (b1, b2), check_positive_number("eps", eps)
         super().__init__(x_dim, n_classes, hidden=hidden, lr=lr)
 

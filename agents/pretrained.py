@@ -209,7 +209,9 @@ def manifest_from_run(run_dir: str | Path, description: str, in_default_compare:
         "in_default_compare": bool(in_default_compare),
         "training": {
             "config": config.to_dict(),
-            "iterations": config.iterations,
+            # what meta_params.pt holds (a run resumed with more iterations and stopped early
+            # has a larger config.iterations than its parameters went through)
+            "iterations": summary.get("iterations", config.iterations),
             "meta_params": sum(v.numel() for v in state.values()),
             "sha256": file_sha256(run_dir / "meta_params.pt"),  # the run's file (ship_rule hashes the shipped one)
             "summary": summary,

@@ -323,6 +323,11 @@ def test_bad_numeric_options_get_clear_errors():
     import numpy as np
 
     assert make_agent("meta_rnn", np.int64(4), 3, hidden=8).x_dim == 4  # NumPy integers are integers
+    # numbers that are bools or strings (True read as 1.0; "0.9" failed later with a TypeError)
+    for name, option, bad in (("sgd", "lr", True), ("adam", "eps", True), ("adam", "betas", (False, 0.9)),
+                              ("sgd", "momentum", "0.9"), ("sgd", "momentum", True)):
+        with pytest.raises(ValueError, match=option):
+            make_agent(name, 4, 3, **{option: bad})
     with pytest.raises(ValueError, match="separate_backward needs backward_pass"):
         make_agent("vsml", 4, 3, separate_backward=True)  # its parameters would never be used
     # yes/no options: a string such as "no" is an error, not True

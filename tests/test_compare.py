@@ -378,3 +378,42 @@ def test_a_missing_data_file_is_one_line_and_exit_code_2(tmp_path, monkeypatch, 
     assert main(["compare", "--agents", "sgd", "--envs", "rulegym/MNIST-v0", "--out", str(tmp_path / "run"), *SMALL]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rulegym compare: ") and "Traceback" not in err and "RULEGYM_DATA" in err
+
+
+def test_a_shipped_rule_is_recorded_by_its_hash():
+    from rulegym.agents.pretrained import PRETRAINED
+
+    cfg = CompareConfig.from_dict({"agents": ["vsml_mnist", "sgd"]})
+    assert cfg.folder_dict()["params_sha256"] == {"vsml_mnist": PRETRAINED["vsml_mnist"].sha256}  # shipped again: not resumed into
+
+
+def test_a_cell_with_no_scored_step_has_no_loss():
+    from rulegym.train.results import Cell, cell_metrics
+
+    steps = np.zeros((4, 2), bool)
+    cell = Cell("sgd", "Omniglot", 0, correct=steps, loss_mask=steps, loss=np.ones((4, 2)), run="x")
+    metrics = cell_metrics(cell, [2])
+    assert np.isnan(metrics["loss_all"]) and np.isnan(metrics["acc_all"])  # not a perfect 0.0
+
+
+def test_an_env_that_sets_its_lifetime_runs_all_of_it_and_every_size_is_checked_first(tmp_path, no_data):
+    out = tmp_path / "run"
+    env = '[{"env_id": "rulegym/Digits-v0", "options": {"lifetime_length": 30}}]'
+    assert main(["compare", "--agents", "sgd", "--set", f"envs={env}", "--out", str(out), *LEAN, *SMALL]) == 0  # --steps 40
+    with np.load(out / "cells" / "sgd__Digits__s0.npz") as z:
+        assert z["correct"].shape[0] == 30
+    env = '[{"env_id": "rulegym/Digits-v0", "options": {"lifetime_length": 30, "max_episode_steps": 10}}]'
+    assert main(["compare", "--agents", "sgd", "--set", f"envs={env}", "--out", str(tmp_path / "r2"), *LEAN, *SMALL]) == 0
+    with np.load(tmp_path / "r2" / "cells" / "sgd__Digits__s0.npz") as z:
+        assert z["correct"].shape[0] == 10
+    # meta-parameters that fit the first env's sizes but not the second's: refused before anything is written
+    import torch
+
+    from rulegym.agents import make_agent
+
+    params = tmp_path / "rnn.pt"
+    torch.save(make_agent("meta_rnn", 64, 10, hidden=8).state_dict(), params)
+    agents = json.dumps([{"name": "meta_rnn", "options": {"hidden": 8}, "params": str(params)}])
+    envs = '[{"env_id": "rulegym/Digits-v0"}, {"env_id": "rulegym/SumSign-v0", "options": {"x_shape": 32}}]'
+    assert main(["compare", "--set", f"agents={agents}", "--set", f"envs={envs}", "--out", str(tmp_path / "r3"), *LEAN, *SMALL]) == 2
+    assert not (tmp_path / "r3").exists()

@@ -107,6 +107,12 @@ def test_ship_a_train_run_folder(tmp_path):
     assert (manifest["x_dim"], manifest["n_classes"]) == (6, 3)
     assert manifest["agent"] == "meta_rnn" and manifest["agent_options"] == {"hidden": 8}
     assert manifest["training"]["iterations"] == 2 and len(manifest["training"]["sha256"]) == 64
+    # a run resumed with more iterations and stopped before its first new checkpoint: its config
+    # says 5, its meta_params.pt (and summary.json) the 2 they went through
+    config_json = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config_json, "iterations": 5}))
+    assert manifest_from_run(run, "x")[1]["training"]["iterations"] == 2
+    (run / "config.json").write_text(json.dumps(config_json))
     rules = tmp_path / "rules"
     path = ship_rule("tiny_rnn", state, manifest, rules_dir=rules)
     loaded = torch.load(path, weights_only=True)

@@ -229,17 +229,25 @@ class CompareConfig:
 
     def folder_dict(self) -> dict[str, Any]:
         """What a run folder's config.json holds: the config, how its lifetimes are seeded and the
-        SHA-256 of each agent's meta-parameters file (a folder whose cells were seeded otherwise, or
-        run with other meta-parameters under the same path, is not resumed into). Without such
-        files there is no hash entry, so folders written before hashes were recorded still resume."""
+        SHA-256 of each agent's meta-parameters file, its ``params`` or its shipped rule's (a
+        folder whose cells were seeded otherwise, or run with other meta-parameters under the
+        same path or rule name, is not resumed into). Agents without such a file (baselines) have
+        no hash entry."""
         hashes = self.params_sha256()
         return {**self.to_dict(), "lifetime_seeds": LIFETIME_SEEDS, **({"params_sha256": hashes} if hashes else {})}
 
     def params_sha256(self) -> dict[str, str]:
-        """Agent label -> SHA-256 of its ``params`` file, for the agents that have one."""
-        from rulegym.agents.pretrained import file_sha256
+        """Agent label -> SHA-256 of its meta-parameters: its ``params`` file, or the shipped
+        rule's file (its manifest's hash), so a rule shipped again under its name is not resumed into."""
+        from rulegym.agents.pretrained import PRETRAINED, file_sha256
 
-        return {a.label: file_sha256(Path(a.params)) for a in self.agents if a.params}
+        out = {}
+        for a in self.agents:
+            if a.params:
+                out[a.label] = file_sha256(Path(a.params))
+            elif a.name in PRETRAINED and PRETRAINED[a.name].sha256:
+                out[a.label] = PRETRAINED[a.name].sha256
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CompareConfig":
@@ -314,7 +322,11 @@ def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> lis
     dims: dict[str, tuple[int, int, int]] = {}
     for env_spec in cfg.envs:
         probe = gym.make_vec(env_spec.env_id, num_envs=1, **cfg.env_options(env_spec))
-        dims[env_spec.label] = (*env_dims(probe), min(cfg.steps, probe.unwrapped.task.lifetime_length))
+        # an env whose options set its lifetime runs all of it; max_episode_steps cuts it
+        steps = probe.unwrapped.task.lifetime_length if "lifetime_length" in env_spec.options else min(cfg.steps, probe.unwrapped.task.lifetime_length)
+        if probe.unwrapped.max_episode_steps is not None:
+            steps = min(steps, probe.unwrapped.max_episode_steps)
+        dims[env_spec.label] = (*env_dims(probe), steps)
         probe.close()
     skipped = [(a.label, e.label) for a in cfg.agents for e in cfg.envs if not a.fits(*dims[e.label][:2])]
     for agent_spec in cfg.agents:
@@ -330,8 +342,8 @@ def run_compare(cfg: CompareConfig, out_dir: Path, progress: bool = True) -> lis
     # every agent is built once before anything is written: a bad option or params file is an
     # error that leaves no folder behind, so the corrected command can use the same --out
     for agent_spec in cfg.agents:
-        fitting = next(e.label for e in cfg.envs if (agent_spec.label, e.label) not in skipped)
-        agent_spec.build(*dims[fitting][:2])
+        for sizes in {dims[e.label][:2] for e in cfg.envs if (agent_spec.label, e.label) not in skipped}:
+            agent_spec.build(*sizes)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "config.json"
     new = cfg.folder_dict()

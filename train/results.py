@@ -147,7 +147,7 @@ def cell_metrics(cell: Cell, ks: Sequence[int]) -> dict[str, float]:
             out[f"acc_first_{k}"] = mean_over(slice(0, k))
     tail = max(1, steps // 10)
     out["acc_last_10pct"] = mean_over(slice(steps - tail, steps))
-    out["loss_all"] = float((cell.loss * counted).sum() / max(counted.sum(), 1))
+    out["loss_all"] = float((cell.loss * counted).sum() / counted.sum()) if counted.sum() else math.nan  # nothing scored: no loss
     return out
 
 
