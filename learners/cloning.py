@@ -709,21 +709,23 @@ def main(argv: list[str] | None = None) -> None:
         config.check()
     except ValueError as err:
         parser.error(str(err))
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.init and args.ship == args.init:
+        parser.error(f"--ship {args.ship!r} would overwrite the rule --init starts from; ship under another name.")
+    if args.ship is not None and not args.ship.isidentifier():
+        parser.error(f"--ship takes a rule name that is a Python identifier (e.g. my_clone), got {args.ship!r}.")
+    if (args.out / "meta_params.pt").exists():  # a finished run is not overwritten
+        parser.error(f"{args.out} already holds a cloning run (meta_params.pt); use another --out, or move it away to run again.")
 
     def log(row: dict) -> None:
         print(json.dumps(row), flush=True)
 
     agent = None
-    if args.init and args.ship == args.init:
-        parser.error(f"--ship {args.ship!r} would overwrite the rule --init starts from; ship under another name.")
-    if args.ship is not None and not args.ship.isidentifier():
-        parser.error(f"--ship takes a rule name that is a Python identifier (e.g. my_clone), got {args.ship!r}.")
     if args.init:
         try:
             agent = initial_clone(config, args.init)
         except (ValueError, FileNotFoundError) as err:
             parser.error(str(err))
+    args.out.mkdir(parents=True, exist_ok=True)
     agent, history = train_cloning(config, agent=agent, log=log)
     drift = [chain_drift(agent, config, steps) for steps in (100, 300)]
     log({"chain_drift": drift})

@@ -253,8 +253,17 @@ def test_bad_settings_raise_clear_errors():
                        ({"deploy_env": "rulegym/Omniglot-v0"}, "episodic")):
         with pytest.raises(ValueError, match=match):
             CloningConfig(**bad).check()
-    with pytest.raises(SystemExit):  # before any training
-        main(["--out", "/nonexistent/never", "--ship", "bad-name"])
+
+
+def test_the_command_line_refuses_before_writing_or_training(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "a"), "--ship", "bad-name"])
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "meta_params.pt").write_bytes(b"a finished run")
+    with pytest.raises(SystemExit):  # not overwritten
+        main(["--out", str(tmp_path / "b"), "--iterations", "1,0,0,0"])
+    assert (tmp_path / "b" / "meta_params.pt").read_bytes() == b"a finished run"
     with pytest.raises(ValueError, match="init_weight_std"):
         make_agent("vsml", 3, 2, init_weight_std=-1.0)
     assert CLONED_OPTIONS["ticks"] == 1

@@ -123,6 +123,15 @@ def test_eval_runs_saved_meta_parameters(tmp_path, no_data, capsys):
     torch.save(make_agent("meta_rnn", 16, 2, hidden=4).state_dict(), bad)
     assert main(["eval", "--params", f"meta_rnn={bad}", env, "--out", str(tmp_path / "e2"), *LEAN, *SMALL]) == 2
     assert "do not fit" in capsys.readouterr().err
+    # parameters in a meta-training run folder come with the agent options of its config.json
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(make_agent("meta_rnn", 16, 2, hidden=4).state_dict(), run / "meta_params.pt")
+    (run / "config.json").write_text(json.dumps({"agent": "meta_rnn", "agent_options": {"hidden": 4}}))
+    assert main(["eval", "--params", f"meta_rnn={run / 'meta_params.pt'}", env, "--out", str(tmp_path / "e3"), *LEAN, *SMALL]) == 0
+    assert json.loads((tmp_path / "e3" / "config.json").read_text())["agents"][0]["options"] == {"hidden": 4}
+    assert main(["eval", "--params", f"vsml={run / 'meta_params.pt'}", env, "--out", str(tmp_path / "e4"), *LEAN, *SMALL]) == 2
+    assert "holds a 'meta_rnn'" in capsys.readouterr().err
 
 
 def test_every_preset_is_valid_and_gives_its_envs_only_options_they_take():
@@ -417,3 +426,12 @@ def test_an_env_that_sets_its_lifetime_runs_all_of_it_and_every_size_is_checked_
     envs = '[{"env_id": "rulegym/Digits-v0"}, {"env_id": "rulegym/SumSign-v0", "options": {"x_shape": 32}}]'
     assert main(["compare", "--set", f"agents={agents}", "--set", f"envs={envs}", "--out", str(tmp_path / "r3"), *LEAN, *SMALL]) == 2
     assert not (tmp_path / "r3").exists()
+
+
+def test_loss_is_also_reported_in_bits():
+    from rulegym.train.results import Cell, cell_metrics
+
+    mask = np.array([[True], [True], [False]])
+    cell = Cell("sgd", "WizardOfOz", 0, correct=mask, loss_mask=mask, loss=np.array([[1.0], [3.0], [9.0]]), run="x")
+    metrics = cell_metrics(cell, [])
+    assert metrics["loss_all"] == pytest.approx(2.0) and metrics["bits_all"] == pytest.approx(2.0 / np.log(2))

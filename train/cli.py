@@ -96,7 +96,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not sep:
             print(f"rulegym eval: --params takes AGENT=PATH (e.g. vsml=runs/vsml/meta_params.pt), got {item!r}", file=sys.stderr)
             return 2
-        agents.append({"name": name, "params": path, "label": f"{name}:{Path(path).parent.name or path}"})
+        spec = {"name": name, "params": path, "label": f"{name}:{Path(path).parent.name or path}"}
+        run_config = Path(path).parent / "config.json"
+        if run_config.is_file():  # a meta-training run folder: its agent's options come with it
+            try:
+                trained = json.loads(run_config.read_text())
+            except (OSError, ValueError) as err:
+                print(f"rulegym eval: {run_config} cannot be read ({err}).", file=sys.stderr)
+                return 2
+            if isinstance(trained, dict) and "agent" in trained:
+                if trained["agent"] != name:
+                    print(f"rulegym eval: {path} holds a {trained['agent']!r} (its run's config.json), not a {name!r}; "
+                          f"use --params {trained['agent']}={path}", file=sys.stderr)
+                    return 2
+                spec["options"] = dict(trained.get("agent_options", {}))
+        agents.append(spec)
     if not agents:
         print("rulegym eval: give --agents and/or --params", file=sys.stderr)
         return 2

@@ -28,6 +28,8 @@ METRIC_DOC = {
     "acc_at_{k}": "accuracy on the k-th example",
     "acc_first_{k}": "cumulative accuracy over the first k examples",
     "acc_last_10pct": "accuracy over the last 10% of the lifetime",
+    "loss_all": "mean cross-entropy of the scored predictions (nats)",
+    "bits_all": "the same in bits (bits per character on a character stream)",
 }
 
 
@@ -148,6 +150,7 @@ def cell_metrics(cell: Cell, ks: Sequence[int]) -> dict[str, float]:
     tail = max(1, steps // 10)
     out["acc_last_10pct"] = mean_over(slice(steps - tail, steps))
     out["loss_all"] = float((cell.loss * counted).sum() / counted.sum()) if counted.sum() else math.nan  # nothing scored: no loss
+    out["bits_all"] = out["loss_all"] / math.log(2)
     return out
 
 
