@@ -435,3 +435,7 @@ def test_loss_is_also_reported_in_bits():
     cell = Cell("sgd", "WizardOfOz", 0, correct=mask, loss_mask=mask, loss=np.array([[1.0], [3.0], [9.0]]), run="x")
     metrics = cell_metrics(cell, [])
     assert metrics["loss_all"] == pytest.approx(2.0) and metrics["bits_all"] == pytest.approx(2.0 / np.log(2))
+    from rulegym.train.results import markdown_table, summarize
+
+    header = markdown_table(summarize([cell], [])).splitlines()[0]
+    assert "| loss_all |" in header and "| bits_all |" in header  # a column of the table, not only of summary.csv

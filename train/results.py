@@ -191,10 +191,14 @@ def summarize(cells: list[Cell], ks: Sequence[int]) -> list[dict[str, Any]]:
     return rows
 
 
+#: the keys of a summary row that name it rather than measure it
+ROW_KEYS = ("agent", "env", "seeds", "lifetimes")
+
+
 def metric_names(rows: list[dict[str, Any]]) -> list[str]:
     """The metrics of any row, in the order they first occur (rows of shorter lifetimes lack
     the metrics of the larger k)."""
-    return _ordered(k for r in rows for k in r if (k.startswith("acc") or k.startswith("loss")) and not k.endswith("_ci95"))
+    return _ordered(k for r in rows for k in r if k not in ROW_KEYS and not k.endswith("_ci95"))
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
