@@ -79,10 +79,8 @@ class OnlineOptimAgent(Agent):
         hidden = 0 if hidden is None else hidden
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
             raise ValueError(f"hidden must be a non-negative int (0 or None: linear model), got {hidden!r}.")
-        if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive finite number, got {lr!r}.")
         self.hidden = hidden
-        self.log_lr = nn.Parameter(torch.tensor(math.log(lr)))
+        self.log_lr = nn.Parameter(torch.tensor(math.log(check_positive_number("lr", lr))))
         # layer i maps fan_in -> fan_out; weights are [out, in] like nn.Linear's
         dims = [x_dim, hidden, n_classes] if hidden else [x_dim, n_classes]
         self.layer_shapes = [(dims[i + 1], dims[i]) for i in range(len(dims) - 1)]

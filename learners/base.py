@@ -207,7 +207,8 @@ def initial_meta_params(config: LearnerConfig) -> dict[str, Tensor]:
             )
         there = json.loads((folder / "config.json").read_text())
         agent, options = there.get("agent"), dict(there.get("agent_options", {}))
-    if agent != config.agent or _as_json(options) != _as_json(config.agent_options):  # (tuples and lists alike)
+    # the source's options were read from JSON: compare with this config's as JSON has them (tuples as lists)
+    if agent != config.agent or options != config.to_dict()["agent_options"]:
         raise ValueError(
             f"init {source!r} is a {agent} with options {options}, but this run trains a {config.agent} with options "
             f"{config.agent_options}; set agent and agent_options to the source's."
@@ -215,11 +216,6 @@ def initial_meta_params(config: LearnerConfig) -> dict[str, Tensor]:
     if in_checkpoint:
         return ckpt.load_checkpoint(newest)["meta_params"]
     return torch.load(newest, map_location="cpu", weights_only=True)
-
-
-def _as_json(value: Any) -> Any:
-    """``value`` as it reads back from JSON (a source's options come from its config.json)."""
-    return json.loads(json.dumps(value))
 
 
 def finite(x: float) -> bool:
