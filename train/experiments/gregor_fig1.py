@@ -516,8 +516,9 @@ def run_fig1(out_dir: str | os.PathLike, budget: str | Budget = "quick", *, work
     # the runs under way, and the same call again runs only the missing ones
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
-    results: list[dict] = [_load_run(runs_dir / _run_file(j)) for j in jobs if (runs_dir / _run_file(j)).is_file()]
-    args = [(j, budget) for j in jobs if not (runs_dir / _run_file(j)).is_file()]
+    finished = {j.key for j in jobs if (runs_dir / _run_file(j)).is_file()}
+    results: list[dict] = [_load_run(runs_dir / _run_file(j)) for j in jobs if j.key in finished]
+    args = [(j, budget) for j in jobs if j.key not in finished]
     if workers == 1:
         _worker_init()
         it: Iterable = map(_run_star, args)

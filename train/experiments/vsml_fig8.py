@@ -77,6 +77,11 @@ def _task(name: str, split: str, length: int) -> dict:
     return {"env_id": env_id, "options": options}
 
 
+def rule_dir(out: Path, agent: str, train: str) -> Path:
+    """The run folder of ``agent``'s rule meta-trained on the training set ``train``."""
+    return out / "rules" / agent / train.replace(" ", "_")
+
+
 def trained_iterations(run_dir: Path) -> int | None:
     """How many iterations the finished rule in ``run_dir`` was meta-trained for (None: none there)."""
     from rulegym.learners.run import CONFIG_NAME
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     iterations = args.iterations or (30 if args.quick else 600)
     length = 50 if args.quick else 100
     longer = [f"{agent}/{train}: {done}" for agent in agents for train in sets
-              if (done := trained_iterations(args.out / "rules" / agent / train.replace(" ", "_"))) is not None and done > iterations]
+              if (done := trained_iterations(rule_dir(args.out, agent, train))) is not None and done > iterations]
     if longer:  # before anything is written (a rule of fewer iterations is continued)
         parser.error(f"{args.out} holds rules meta-trained for more than {iterations} iterations ({', '.join(longer)}); "
                      "use another --out, or their --iterations to reuse them.")
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     for agent in agents:
         for train, datasets in sets.items():
-            params = meta_train_rule(agent, datasets, args.out / "rules" / agent / train.replace(" ", "_"), iterations, 8, length, args.seed)
+            params = meta_train_rule(agent, datasets, rule_dir(args.out, agent, train), iterations, 8, length, args.seed)
             for test in names:
                 acc, ci = meta_test(agent, AGENT_OPTIONS[agent], params, test, args.test_lifetimes, args.test_steps, test_seed)
                 rows.append({"agent": agent, "train": train, "test": test, "accuracy": round(acc, 4), "ci95": round(ci, 4)})
